@@ -1,0 +1,8 @@
+"""Llama, Mistral and SmolLM2: vLLM's reference decoder layout."""
+
+from vllm_maxact.adapters import Adapter
+
+
+class LlamaAdapter(Adapter):
+    name = "llama"
+    architectures = ("LlamaForCausalLM", "MistralForCausalLM")

@@ -1,0 +1,149 @@
+"""One typed configuration object, read from environment variables and/or a file.
+
+Every field can be set as ``VLLM_MAXACT_<FIELD>`` (upper case) or in a TOML/JSON file named by
+``VLLM_MAXACT_CONFIG``; environment variables win over the file. The object is validated once,
+at plugin start, and a bad value fails with an error that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vllm_maxact.sites import Kind
+
+ENV_PREFIX = "VLLM_MAXACT_"
+DEFAULT_KINDS = (
+    Kind.EMBEDDING,
+    Kind.RESIDUAL,
+    Kind.ATTN_OUT,
+    Kind.MLP_OUT,
+    Kind.GATE,
+    Kind.ROUTER,
+    Kind.FINAL_NORM,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the source."""
+
+
+class MaxActConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    enable: bool = Field(True, description="Master switch: 0 leaves vLLM untouched.")
+    kinds: Annotated[tuple[Kind, ...], NoDecode] = Field(
+        DEFAULT_KINDS, description="Site kinds to record, comma separated (e.g. 'residual,attn_out')."
+    )
+    layers: str | None = Field(
+        None, description="Restrict per-layer sites to these layers: '0-3,10' (default: all)."
+    )
+    publish_interval_s: float = Field(
+        2.0, gt=0, description="How often the worker copies device statistics to the host."
+    )
+    window_s: float = Field(60.0, gt=0, description="Length of the 'recent' window for window maxima.")
+    snapshot_dir: Path | None = Field(None, description="Directory for periodic Arrow snapshots.")
+    snapshot_interval_s: float = Field(60.0, gt=0, description="Seconds between periodic snapshots.")
+    snapshot_retain: int = Field(100, ge=1, description="Keep at most this many snapshots per model.")
+    runtime_dir: Path | None = Field(
+        None, description="Where workers publish statistics for the API server (default: a temp dir)."
+    )
+    exporter_host: str = Field("127.0.0.1", description="Standalone exporter bind address.")
+    exporter_port: int | None = Field(
+        None, ge=0, le=65535, description="Start the standalone exporter on this port (offline use)."
+    )
+    calibration: Path | None = Field(
+        None, description="Calibration scales (JSON from `vllm-maxact scales`) for live INT-8 drift."
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token required by state-changing HTTP endpoints (reset)."
+    )
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        known = {k.value for k in Kind}
+        for v in value:
+            if str(getattr(v, "value", v)) not in known:
+                raise ValueError(f"unknown site kind {v!r}; choose from {sorted(known)}")
+        return tuple(Kind(getattr(v, "value", v)) for v in value)
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_layer_spec(value)
+        return value
+
+    def layer_set(self) -> set[int] | None:
+        return None if self.layers is None else parse_layer_spec(self.layers)
+
+    def signature(self) -> str:
+        """What changes the traced graph; mixed into vLLM's compile-cache key."""
+        return json.dumps({"kinds": [k.value for k in self.kinds], "layers": self.layers}, sort_keys=True)
+
+
+def parse_layer_spec(spec: str) -> set[int]:
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(p) for p in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise ValueError(f"bad layer range {part!r}; expected e.g. '0-3,10'") from None
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{ENV_PREFIX}CONFIG={path}: cannot read the config file ({e})") from e
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{ENV_PREFIX}CONFIG={path}: not valid {path.suffix or 'TOML'} ({e})") from e
+    # Accept either a flat table or one under [vllm_maxact].
+    return dict(data.get("vllm_maxact", data))
+
+
+def load_config(**overrides: Any) -> MaxActConfig:
+    """Build the configuration from the file (if any), the environment and ``overrides``."""
+    file_values: dict[str, Any] = {}
+    if path := os.environ.get(f"{ENV_PREFIX}CONFIG"):
+        file_values = _read_file(Path(path))
+    # Environment variables must win over the file: drop file keys that the env sets.
+    env_set = {k[len(ENV_PREFIX) :].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
+    init = {k: v for k, v in file_values.items() if k not in env_set}
+    init.update(overrides)
+    try:
+        return MaxActConfig(**init)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {err['msg']}")
+        raise ConfigError("invalid vllm-maxact configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_config() -> MaxActConfig:
+    """The process-wide configuration, validated once."""
+    return load_config()

@@ -1,0 +1,1 @@
+"""Sinks for recorded statistics. Exporters read payloads; none of them touches a model."""

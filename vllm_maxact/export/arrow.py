@@ -1,0 +1,171 @@
+"""Arrow tables and snapshot files: the versioned, documented schema.
+
+One row per (window, domain, site, rank). ``rank`` is null on rows merged across tensor-parallel
+ranks (the default view); per-rank rows are kept when asked for. Merging is by max/min: every
+site except ``gate`` is replicated across TP ranks after vLLM's all-reduce, and the gate is
+sharded by columns, so the max over shards is the max of the whole tensor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.feather as feather
+
+from vllm_maxact.sites import Kind, Site
+
+SCHEMA_VERSION = "1"
+_TS = pa.timestamp("us", tz="UTC")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("timestamp", _TS, nullable=False),
+        pa.field("model", pa.string()),
+        pa.field("architecture", pa.string()),
+        pa.field("vllm_version", pa.string()),
+        pa.field("plugin_version", pa.string()),
+        pa.field("window", pa.string(), nullable=False),  # lifetime | recent | replay
+        pa.field("window_start", _TS),
+        pa.field("window_end", _TS),
+        pa.field("domain", pa.string()),  # replay: per-domain rows; null = whole corpus/traffic
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("layer", pa.int32()),
+        pa.field("rank", pa.int32()),  # TP rank; null = merged over ranks
+        pa.field("absmax", pa.float64()),
+        pa.field("max", pa.float64()),
+        pa.field("min", pa.float64()),
+        pa.field("tokens", pa.int64()),
+        pa.field("nan_count", pa.int64()),
+        pa.field("inf_count", pa.int64()),
+    ],
+    metadata={"vllm_maxact.schema_version": SCHEMA_VERSION},
+)
+
+
+def _ts(t: float | None) -> dt.datetime | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, tz=dt.timezone.utc)
+
+
+def _absmax(mx: float | None, mn: float | None) -> float | None:
+    if mx is None or mn is None:
+        return None
+    return max(abs(mx), abs(mn))
+
+
+def merge_ranks(stats: Sequence[dict[str, Any]], sites: Sequence[str]) -> dict[str, Any]:
+    """Merge per-rank stats dicts over the same sites (tensor-parallel replicas)."""
+
+    def mx(vals):
+        vals = [v for v in vals if v is not None]
+        return max(vals) if vals else None
+
+    def mn(vals):
+        vals = [v for v in vals if v is not None]
+        return min(vals) if vals else None
+
+    out: dict[str, Any] = {"max": [], "min": [], "nan": [], "inf": []}
+    for i, name in enumerate(sites):
+        sharded = Site.parse(name).kind == Kind.GATE
+        out["max"].append(mx(s["max"][i] for s in stats))
+        out["min"].append(mn(s["min"][i] for s in stats))
+        for key in ("nan", "inf"):
+            vals = [s[key][i] for s in stats]
+            # Replicated tensors: every rank saw the same values; sharded: disjoint columns.
+            out[key].append(sum(vals) if sharded else max(vals))
+    out["tokens"] = max(s["tokens"] for s in stats)
+    out["start"] = min(s["start"] for s in stats)
+    out["end"] = max(s["end"] for s in stats)
+    return out
+
+
+def rows_from_stats(
+    meta: dict[str, Any], sites: Sequence[str], stats: dict[str, Any], *, window: str,
+    rank: int | None, domain: str | None = None, timestamp: float | None = None,
+) -> list[dict[str, Any]]:
+    rows = []
+    for i, name in enumerate(sites):
+        site = Site.parse(name)
+        mx, mn = stats["max"][i], stats["min"][i]
+        rows.append(
+            {
+                "timestamp": _ts(timestamp or meta.get("time") or time.time()),
+                "model": meta.get("model"),
+                "architecture": meta.get("architecture"),
+                "vllm_version": meta.get("vllm_version"),
+                "plugin_version": meta.get("plugin_version"),
+                "window": window,
+                "window_start": _ts(stats.get("start")),
+                "window_end": _ts(stats.get("end")),
+                "domain": domain,
+                "site": name,
+                "kind": site.kind.value,
+                "layer": site.layer,
+                "rank": rank,
+                "absmax": _absmax(mx, mn),
+                "max": mx,
+                "min": mn,
+                "tokens": stats["tokens"],
+                "nan_count": stats["nan"][i],
+                "inf_count": stats["inf"][i],
+            }
+        )
+    return rows
+
+
+def table_from_payloads(
+    payloads: Iterable[dict[str, Any] | None], *, windows: Sequence[str] = ("lifetime",),
+    per_rank: bool = False,
+) -> pa.Table:
+    """Rows for each window, merged over TP ranks (and per rank if ``per_rank``)."""
+    payloads = [p for p in payloads if p]
+    if not payloads:
+        return SCHEMA.empty_table()
+    rows: list[dict[str, Any]] = []
+    # Pipeline stages hold disjoint layers: group by stage, merge TP replicas within it.
+    by_stage: dict[int, list[dict[str, Any]]] = {}
+    for p in payloads:
+        by_stage.setdefault(p.get("pp_rank", 0), []).append(p)
+    for window in windows:
+        for _, group in sorted(by_stage.items()):
+            sites = group[0]["sites"]
+            meta = group[0]
+            merged = merge_ranks([g[window] for g in group], sites)
+            rows += rows_from_stats(meta, sites, merged, window=window, rank=None)
+            if per_rank:
+                for g in group:
+                    rows += rows_from_stats(g, sites, g[window], window=window, rank=g.get("tp_rank", 0))
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write an Arrow IPC (Feather v2) file atomically: temp file, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        feather.write_feather(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    return feather.read_table(path)
+
+
+_SNAPSHOT_RE = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")
+
+
+def safe_name(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")[-80:] or "model"

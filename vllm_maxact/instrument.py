@@ -1,0 +1,93 @@
+"""Attach a `Recorder` to a loaded vLLM model, before vLLM compiles it.
+
+Hooks are registered right after weights load and before the first forward, so Dynamo traces
+them into the compiled graph (hooks added after the first trace would never run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from vllm_maxact import ops
+from vllm_maxact.adapters import Adapter, Probe, find_adapter
+from vllm_maxact.config import MaxActConfig
+from vllm_maxact.recorder import Recorder
+from vllm_maxact.sites import Kind
+
+logger = logging.getLogger("vllm_maxact")
+
+
+def select(probes: Iterable[Probe], cfg: MaxActConfig) -> list[Probe]:
+    kinds = set(cfg.kinds)
+    layers = cfg.layer_set()
+    out = []
+    for p in probes:
+        if p.site.kind not in kinds:
+            continue
+        if layers is not None and p.site.layer is not None and p.site.layer not in layers:
+            continue
+        out.append(p)
+    # Stable slot order: embedding, then by layer and kind, then final norm.
+    order = {k: i for i, k in enumerate(Kind)}
+    out.sort(key=lambda p: (p.site.layer is None and p.site.kind != Kind.EMBEDDING,
+                            -1 if p.site.layer is None else p.site.layer, order[p.site.kind]))
+    return out
+
+
+def _output_hook(rec: Recorder, slot: int, extract):
+    def hook(module: nn.Module, args, output) -> None:
+        x = extract(output)
+        if x is not None:
+            ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
+
+    return hook
+
+
+def _input_hook(rec: Recorder, slot: int, extract):
+    def hook(module: nn.Module, args, kwargs) -> None:
+        x = extract(args, kwargs)
+        if x is not None:
+            ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
+
+    return hook
+
+
+def instrument(
+    model: nn.Module, cfg: MaxActConfig, device: torch.device, adapter: Adapter | None = None
+) -> Recorder | None:
+    """Register recording hooks on ``model``; returns its recorder, or None if unsupported."""
+    adapter = adapter or find_adapter(model)
+    arch = type(model).__name__
+    if adapter is None:
+        logger.warning(
+            "vllm-maxact: no adapter for architecture %s; this model is served WITHOUT activation "
+            "recording. Add an adapter (entry-point group 'vllm_maxact.adapters') to cover it.",
+            arch,
+        )
+        return None
+    probes = select(adapter.probes(model), cfg)
+    seen = set()
+    for p in probes:
+        if p.site in seen:
+            raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
+        seen.add(p.site)
+    rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s)
+    rec.adapter_name = adapter.name
+    rec.architecture = arch
+    for slot, p in enumerate(probes):
+        if p.on == "output":
+            p.module.register_forward_hook(_output_hook(rec, slot, p.extract))
+        else:
+            p.module.register_forward_pre_hook(_input_hook(rec, slot, p.extract), with_kwargs=True)
+    # Keep the recorder reachable from the compiled module so its buffers are module state.
+    adapter.decoder(model).maxact_recorder = rec
+    n_layers = len({p.site.layer for p in probes if p.site.layer is not None})
+    logger.info(
+        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s)",
+        len(probes), arch, adapter.name, n_layers, ",".join(sorted({p.site.kind.value for p in probes})),
+    )
+    return rec

@@ -1,0 +1,148 @@
+"""The vLLM entry point (group ``vllm.general_plugins``).
+
+vLLM calls `register` once in every process (API server, engine core, workers) before any
+model is built. We patch lazily: the model-runner classes are patched when their modules are
+imported (only worker processes import them), so the API server pays nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+from vllm_maxact import __version__
+from vllm_maxact.config import get_config
+
+logger = logging.getLogger("vllm_maxact")
+
+_PATCHED = "_vllm_maxact_patched"
+_post_import: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Runs callbacks right after a named module finishes importing."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in _post_import:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        loader = spec.loader
+        original_exec = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            original_exec(module)
+            for cb in _post_import.pop(fullname, []):
+                cb(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_finder = _PostImportFinder()
+
+
+def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
+    if name in sys.modules:
+        callback(sys.modules[name])
+        return
+    _post_import.setdefault(name, []).append(callback)
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+
+
+def register() -> None:
+    cfg = get_config()  # fails loudly, naming the bad field
+    if not cfg.enable:
+        logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
+        return
+    when_imported("vllm.config.vllm", _patch_compile_hash)
+    when_imported("vllm.v1.worker.gpu_model_runner", lambda m: _patch_runner(m.GPUModelRunner))
+    when_imported("vllm.v1.worker.cpu_model_runner", lambda m: _patch_runner(m.CPUModelRunner))
+    when_imported("vllm.v1.worker.worker_base", lambda m: _add_worker_methods(m.WorkerBase))
+    from vllm_maxact.export import prometheus
+
+    prometheus.install_front_end()
+
+
+def _patch_compile_hash(mod: ModuleType) -> None:
+    """vLLM's compile-cache key ignores plugin code: an artifact traced without our hooks would
+    load and silently skip them. Mix our version and site selection into the key."""
+    cls = mod.VllmConfig
+    if getattr(cls.compute_hash, _PATCHED, False):
+        return
+    original = cls.compute_hash
+    extra = f"vllm-maxact={__version__};{get_config().signature()}"
+
+    @functools.wraps(original)
+    def compute_hash(self, *args, **kwargs) -> str:
+        import hashlib
+
+        return hashlib.sha256((original(self, *args, **kwargs) + extra).encode()).hexdigest()[:10]
+
+    setattr(compute_hash, _PATCHED, True)
+    cls.compute_hash = compute_hash
+
+
+def _patch_runner(cls: type) -> None:
+    if _PATCHED in cls.__dict__:
+        return
+    setattr(cls, _PATCHED, True)
+    if "load_model" in cls.__dict__:
+        original_load = cls.load_model
+
+        @functools.wraps(original_load)
+        def load_model(self, *args, **kwargs):
+            out = original_load(self, *args, **kwargs)
+            _attach(self)
+            return out
+
+        cls.load_model = load_model
+    if "execute_model" in cls.__dict__:
+        original_exec = cls.execute_model
+
+        @functools.wraps(original_exec)
+        def execute_model(self, scheduler_output, *args, **kwargs):
+            rec = getattr(self, "_maxact_recorder", None)
+            if rec is None:
+                return original_exec(self, scheduler_output, *args, **kwargs)
+            rec.begin_step(int(scheduler_output.total_num_scheduled_tokens))
+            try:
+                return original_exec(self, scheduler_output, *args, **kwargs)
+            finally:
+                rec.end_step()
+                self._maxact_publisher.maybe_publish()
+
+        cls.execute_model = execute_model
+
+
+def _attach(runner) -> None:
+    from vllm_maxact.instrument import instrument
+    from vllm_maxact.publish import Publisher
+
+    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+    try:
+        rec = instrument(model, get_config(), device=runner.device)
+    except Exception:  # never take the server down for a monitoring failure
+        logger.exception("vllm-maxact: instrumenting %s failed; serving without recording", type(model).__name__)
+        rec = None
+    runner._maxact_recorder = rec
+    if rec is not None:
+        runner._maxact_publisher = Publisher(rec, runner.vllm_config, get_config())
+
+
+def _add_worker_methods(cls: type) -> None:
+    from vllm_maxact import worker
+
+    for name in worker.RPC_METHODS:
+        setattr(cls, name, getattr(worker, name))

@@ -1,0 +1,131 @@
+"""Worker side of export: turn a recorder into plain payloads and publish them periodically.
+
+The model runs in a worker process; `/metrics` is served by the API server. Workers publish
+their statistics as small JSON files (written atomically) in a runtime directory that every
+process of one vLLM instance shares through the environment; the API server's collector reads
+them at scrape time. Files, not sockets: nothing to bind, nothing lost if a reader restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vllm_maxact.config import MaxActConfig
+from vllm_maxact.recorder import Recorder, Stats
+
+logger = logging.getLogger("vllm_maxact")
+
+PAYLOAD_VERSION = 1
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in a]
+
+
+def stats_dict(s: Stats) -> dict[str, Any]:
+    return {
+        "max": _floats(s.max),
+        "min": _floats(s.min),
+        "nan": [int(v) for v in s.nan],
+        "inf": [int(v) for v in s.inf],
+        "tokens": int(s.tokens),
+        "start": s.start,
+        "end": s.end,
+    }
+
+
+def rank_info() -> dict[str, int]:
+    info = {"tp_rank": 0, "pp_rank": 0, "tp_size": 1, "pp_size": 1}
+    try:
+        from vllm.distributed import parallel_state as ps
+
+        info["tp_rank"] = ps.get_tensor_model_parallel_rank()
+        info["tp_size"] = ps.get_tensor_model_parallel_world_size()
+        info["pp_rank"] = ps.get_pp_group().rank_in_group
+        info["pp_size"] = ps.get_pp_group().world_size
+    except Exception:  # not initialised (tests, single process): rank 0 of 1
+        pass
+    return info
+
+
+def model_name(vllm_config) -> str:
+    mc = vllm_config.model_config
+    served = getattr(mc, "served_model_name", None)
+    if isinstance(served, list | tuple):
+        served = served[0] if served else None
+    return str(served or mc.model)
+
+
+def payload(rec: Recorder, vllm_config) -> dict[str, Any]:
+    import vllm
+
+    from vllm_maxact import __version__
+
+    return {
+        "version": PAYLOAD_VERSION,
+        "model": model_name(vllm_config),
+        "architecture": getattr(rec, "architecture", None),
+        "adapter": getattr(rec, "adapter_name", None),
+        "vllm_version": vllm.__version__,
+        "plugin_version": __version__,
+        "pid": os.getpid(),
+        "time": time.time(),
+        "window_s": rec.window_s,
+        **rank_info(),
+        "sites": [s.name for s in rec.sites],
+        "lifetime": stats_dict(rec.lifetime),
+        "recent": stats_dict(rec.recent()),
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename with fsync: a reader sees the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Publisher:
+    """Periodically collects a recorder and publishes it for the API server and snapshots."""
+
+    def __init__(self, rec: Recorder, vllm_config, cfg: MaxActConfig) -> None:
+        self.rec = rec
+        self.vllm_config = vllm_config
+        self.cfg = cfg
+        self.first = True
+        self.next_publish = 0.0
+        self.dir = cfg.runtime_dir
+        self.error: str | None = None
+
+    def maybe_publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.first:
+            self.first = False
+            self.next_publish = now + self.cfg.publish_interval_s
+            return
+        if not force and now < self.next_publish:
+            return
+        self.next_publish = now + self.cfg.publish_interval_s
+        self.rec.collect()
+        if self.dir is None:
+            return
+        try:
+            p = payload(self.rec, self.vllm_config)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            name = f"worker-tp{p['tp_rank']}-pp{p['pp_rank']}-{os.getpid()}.json"
+            write_atomic(self.dir / name, json.dumps(p).encode())
+            self.error = None
+        except OSError as e:  # a full or read-only disk must not stop serving
+            if self.error != str(e):
+                logger.error("vllm-maxact: cannot publish statistics to %s: %s", self.dir, e)
+            self.error = str(e)

@@ -1,0 +1,189 @@
+"""An independent reference recorder: plain PyTorch forward hooks on a transformers model.
+
+This is the yardstick the vLLM recorder is tested against, so it deliberately shares no code
+with it: the only import from this package is the site naming in `sites.py`. It follows the
+study's method (Hugging Face forward hooks, one sequence at a time) and reduces every
+activation inside its hook in float32, so nothing is stored.
+
+Where each site is, per decoder layer i (module names of Llama, Mistral, Qwen2, Qwen3,
+Qwen3-MoE, Mixtral, Gemma 1/2/3 in transformers):
+
+- `layers.{i}.residual`: the decoder layer's output (output[0] if it returns a tuple), i.e.
+  the residual stream after the layer (hidden + residual).
+- `layers.{i}.attn_out`: the `self_attn` module's output[0]: after o_proj, before any
+  post-attention norm (Gemma 2/3 norm it afterwards in the decoder layer).
+- `layers.{i}.mlp_out`: the `mlp` (or `block_sparse_moe`) module's output; for MoE blocks the
+  whole block's output; before any post-feedforward norm.
+- `layers.{i}.gate`: `mlp.gate_proj` output, before the activation (dense MLPs only: fused
+  MoE experts have no per-expert module to hook).
+- `layers.{i}.router`: the MoE block's `gate` module output (output[0] when the router
+  returns `(logits, scores, indices)` as transformers 5 does): the router logits.
+- `embedding`: `embed_tokens` output including the embedding scale. Gemma 1/2/3 scale by
+  sqrt(hidden_size). In transformers 5 the scale lives inside the embedding module
+  (`*ScaledWordEmbedding`, which has an `embed_scale` buffer), so the hook sees it; older
+  transformers applied Gemma 1/2's `normalizer` in the model forward instead, so for those
+  model types, when the module has no `embed_scale`, the hook multiplies by the normalizer
+  itself (in the activation dtype, as the model does).
+- `final_norm`: the base model's `norm` output.
+
+max/min/absmax ignore NaN (counted in `nan`) and include +-inf (also counted in `inf`): an
+overflow to inf is an extreme the user wants to see, a NaN is not a magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vllm_maxact.sites import GLOBAL_KINDS, Kind, Site
+
+#: Model types whose embedding is multiplied by sqrt(hidden_size) before the first layer.
+_SCALED_EMBEDDING_TYPES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text"})
+
+
+@dataclass
+class SiteStats:
+    max: float = -math.inf
+    min: float = math.inf
+    absmax: float = 0.0
+    tokens: int = 0
+    nan: int = 0
+    inf: int = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        """Fold one activation tensor (any shape, last dim = features) into the stats."""
+        x = x.detach().float()
+        self.tokens += x.numel() // x.shape[-1] if x.dim() else 1
+        isnan = torch.isnan(x)
+        n_nan = int(isnan.sum())
+        self.nan += n_nan
+        self.inf += int(torch.isinf(x).sum())
+        if n_nan:
+            x = x[~isnan]
+        if x.numel() == 0:
+            return
+        hi, lo = float(x.max()), float(x.min())
+        self.max = max(self.max, hi)
+        self.min = min(self.min, lo)
+        self.absmax = max(self.absmax, abs(hi), abs(lo))
+
+
+def _first(output: Any) -> torch.Tensor:
+    # Decoder layers, attention and routers may return tuples; the activation is element 0.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _find_base_model(model: nn.Module) -> nn.Module:
+    """The module holding `embed_tokens`, `layers` and `norm` (the decoder stack)."""
+    for _, module in model.named_modules():
+        if (
+            isinstance(getattr(module, "layers", None), nn.ModuleList)
+            and isinstance(getattr(module, "embed_tokens", None), nn.Module)
+            and isinstance(getattr(module, "norm", None), nn.Module)
+        ):
+            return module
+    raise ValueError(f"{type(model).__name__}: no submodule with embed_tokens, layers and norm")
+
+
+def _model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", None)  # multimodal wrappers (Gemma3ForConditionalGeneration)
+    return str(getattr(text_config or config, "model_type", ""))
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = model.config
+    return int(getattr(getattr(config, "text_config", None) or config, "hidden_size"))
+
+
+def site_modules(model: nn.Module) -> list[tuple[str, nn.Module, Callable[[Any], torch.Tensor]]]:
+    """(site name, module to hook, output -> activation) for every site this model has."""
+    base = _find_base_model(model)
+    sites: list[tuple[str, nn.Module, Callable[[Any], torch.Tensor]]] = []
+
+    embed = base.embed_tokens
+    if _model_type(model) in _SCALED_EMBEDDING_TYPES and not hasattr(embed, "embed_scale"):
+        # Older transformers: Gemma 1/2 multiply by the normalizer in the model forward, in the
+        # activation dtype (bf16 rounding of sqrt(hidden) included), so do the same here.
+        scale = _hidden_size(model) ** 0.5
+
+        def embed_get(out: Any) -> torch.Tensor:
+            out = _first(out)
+            return out * torch.tensor(scale, dtype=out.dtype)
+
+        sites.append((Site(Kind.EMBEDDING).name, embed, embed_get))
+    else:
+        sites.append((Site(Kind.EMBEDDING).name, embed, _first))
+
+    for i, layer in enumerate(base.layers):
+        sites.append((Site(Kind.RESIDUAL, i).name, layer, _first))
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None:
+            sites.append((Site(Kind.ATTN_OUT, i).name, attn, _first))
+        mlp = getattr(layer, "mlp", None)
+        if mlp is None:  # transformers 4 named Mixtral's MoE block `block_sparse_moe`
+            mlp = getattr(layer, "block_sparse_moe", None)
+        if mlp is None:
+            continue
+        sites.append((Site(Kind.MLP_OUT, i).name, mlp, _first))
+        gate_proj = getattr(mlp, "gate_proj", None)
+        if isinstance(gate_proj, nn.Module):
+            sites.append((Site(Kind.GATE, i).name, gate_proj, _first))
+        router = getattr(mlp, "gate", None)
+        if isinstance(router, nn.Module) and hasattr(mlp, "experts"):  # MoE block: `gate` is the router
+            sites.append((Site(Kind.ROUTER, i).name, router, _first))
+
+    sites.append((Site(Kind.FINAL_NORM).name, base.norm, _first))
+    return sites
+
+
+@torch.inference_mode()
+def reference_stats_for_model(model: nn.Module, token_ids: Iterable[list[int]]) -> dict[str, SiteStats]:
+    """Run each sequence alone (batch 1, no padding: nothing to mask) through an HF model."""
+    stats: dict[str, SiteStats] = {}
+    handles = []
+    for name, module, get in site_modules(model):
+        site_stats = stats.setdefault(name, SiteStats())
+
+        def hook(_mod: nn.Module, _args: Any, output: Any, s: SiteStats = site_stats, g=get) -> None:
+            s.update(g(output))  # reduce right here: no activation is kept
+
+        handles.append(module.register_forward_hook(hook))
+    device = next(model.parameters()).device
+    try:
+        for ids in token_ids:
+            if not ids:
+                continue
+            model(input_ids=torch.tensor([ids], device=device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.eval()
+    return model
+
+
+def reference_stats(
+    model_dir: str, token_ids: list[list[int]], *, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, SiteStats]:
+    """Per-site stats of `model_dir` (a transformers folder) over `token_ids`, one sequence at a time."""
+    return reference_stats_for_model(load_model(model_dir, dtype=dtype), token_ids)
+
+
+def global_absmax(stats: dict[str, SiteStats]) -> float:
+    """The study's global M: max |x| over embedding, residual, attn_out, mlp_out and final_norm."""
+    return max(
+        (s.absmax for name, s in stats.items() if Site.parse(name).kind in GLOBAL_KINDS and s.tokens),
+        default=0.0,
+    )

@@ -1,0 +1,63 @@
+"""Sites: named places in a model where activation ranges are recorded.
+
+A site is data (a name, a kind, a layer index), never a code branch. The same names are
+used in the recorder, the Arrow columns, the Prometheus labels and the dashboard.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(str, enum.Enum):
+    EMBEDDING = "embedding"  # embedding output, after any embedding scale
+    RESIDUAL = "residual"  # residual stream after decoder layer i (hidden + residual)
+    ATTN_OUT = "attn_out"  # attention block output (after o_proj)
+    MLP_OUT = "mlp_out"  # MLP or MoE block output
+    GATE = "gate"  # pre-activation gate half of the merged gate_up projection
+    ROUTER = "router"  # MoE router logits
+    FINAL_NORM = "final_norm"  # output of the final norm
+
+    def __str__(self) -> str:  # so f-strings and labels print the bare value
+        return self.value
+
+
+#: Kinds that make up the study's global maximum M (gates and routers excluded).
+GLOBAL_KINDS = frozenset({Kind.EMBEDDING, Kind.RESIDUAL, Kind.ATTN_OUT, Kind.MLP_OUT, Kind.FINAL_NORM})
+
+#: The order kinds are listed in tables and plots.
+KIND_ORDER = [
+    Kind.EMBEDDING,
+    Kind.RESIDUAL,
+    Kind.ATTN_OUT,
+    Kind.MLP_OUT,
+    Kind.GATE,
+    Kind.ROUTER,
+    Kind.FINAL_NORM,
+]
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    kind: Kind
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        """`embedding`, `final_norm`, or `layers.{i}.{kind}`."""
+        if self.layer is None:
+            return self.kind.value
+        return f"layers.{self.layer}.{self.kind.value}"
+
+    @classmethod
+    def parse(cls, name: str) -> Site:
+        parts = name.split(".")
+        if len(parts) == 1:
+            return cls(Kind(parts[0]))
+        if len(parts) == 3 and parts[0] == "layers":
+            return cls(Kind(parts[2]), int(parts[1]))
+        raise ValueError(f"not a site name: {name!r} (expected 'embedding', 'final_norm' or 'layers.<i>.<kind>')")
+
+    def __str__(self) -> str:
+        return self.name

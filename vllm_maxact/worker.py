@@ -1,0 +1,39 @@
+"""Methods added to vLLM's worker class, called through ``collective_rpc``.
+
+They run in the worker's own thread between steps, so reading the device buffers is ordered
+after every forward that was queued before the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RPC_METHODS = ("maxact_collect", "maxact_reset")
+
+
+def _recorder(worker):
+    runner = getattr(worker, "model_runner", None)
+    return getattr(runner, "_maxact_recorder", None), runner
+
+
+def maxact_collect(self, reset: bool = False) -> dict[str, Any] | None:
+    """This rank's statistics as a plain dict (see `recorder.payload`); optionally reset them."""
+    from vllm_maxact.publish import payload
+
+    rec, runner = _recorder(self)
+    if rec is None:
+        return None
+    rec.collect()
+    out = payload(rec, runner.vllm_config)
+    if reset:
+        rec.reset()
+    return out
+
+
+def maxact_reset(self) -> bool:
+    rec, _ = _recorder(self)
+    if rec is None:
+        return False
+    rec.collect()
+    rec.reset()
+    return True
