@@ -62,10 +62,17 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
 
 
 def register() -> None:
+    from vllm_maxact.export.runtime import ensure_runtime_dir
+
+    # The first process of an instance (API server / script) creates the runtime dir and hands
+    # it to its children through the environment, before the config is read.
+    runtime_dir, front_end = ensure_runtime_dir()
     cfg = get_config()  # fails loudly, naming the bad field
     if not cfg.enable:
         logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
         return
+    if front_end:
+        _start_front_end(cfg, runtime_dir)
     when_imported("vllm.config.vllm", _patch_compile_hash)
     when_imported("vllm.v1.worker.gpu_model_runner", lambda m: _patch_runner(m.GPUModelRunner))
     when_imported("vllm.v1.worker.cpu_model_runner", lambda m: _patch_runner(m.CPUModelRunner))
@@ -73,6 +80,17 @@ def register() -> None:
     from vllm_maxact.export import prometheus
 
     prometheus.install_front_end()
+
+
+def _start_front_end(cfg, runtime_dir) -> None:
+    if cfg.snapshot_dir is not None:
+        from vllm_maxact.export.snapshot import SnapshotWriter
+
+        SnapshotWriter(cfg.snapshot_dir, runtime_dir, cfg.snapshot_interval_s, cfg.snapshot_retain).start()
+    if cfg.exporter_port is not None:
+        from vllm_maxact.export.prometheus import start_exporter
+
+        start_exporter(cfg.exporter_port, cfg.exporter_host)
 
 
 def _patch_compile_hash(mod: ModuleType) -> None:
@@ -116,12 +134,14 @@ def _patch_runner(cls: type) -> None:
             rec = getattr(self, "_maxact_recorder", None)
             if rec is None:
                 return original_exec(self, scheduler_output, *args, **kwargs)
-            rec.begin_step(int(scheduler_output.total_num_scheduled_tokens))
-            try:
-                return original_exec(self, scheduler_output, *args, **kwargs)
-            finally:
-                rec.end_step()
-                self._maxact_publisher.maybe_publish()
+            pub = self._maxact_publisher
+            with pub.lock:
+                rec.begin_step(int(scheduler_output.total_num_scheduled_tokens))
+                try:
+                    return original_exec(self, scheduler_output, *args, **kwargs)
+                finally:
+                    rec.end_step()
+                    pub.after_step()
 
         cls.execute_model = execute_model
 
@@ -138,7 +158,7 @@ def _attach(runner) -> None:
         rec = None
     runner._maxact_recorder = rec
     if rec is not None:
-        runner._maxact_publisher = Publisher(rec, runner.vllm_config, get_config())
+        runner._maxact_publisher = Publisher(rec, runner.vllm_config, get_config(), device=runner.device)
 
 
 def _add_worker_methods(cls: type) -> None:

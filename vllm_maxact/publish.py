@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -96,26 +97,38 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class Publisher:
-    """Periodically collects a recorder and publishes it for the API server and snapshots."""
+    """Collects a recorder every ``publish_interval_s`` and publishes it for the API server.
 
-    def __init__(self, rec: Recorder, vllm_config, cfg: MaxActConfig) -> None:
+    Collection happens in the worker thread right after a step, or, once traffic stops, from a
+    daemon thread that takes the step lock, so the last steps before a quiet period are
+    published too. A collect never overlaps a forward.
+    """
+
+    def __init__(self, rec: Recorder, vllm_config, cfg: MaxActConfig, device=None) -> None:
         self.rec = rec
         self.vllm_config = vllm_config
         self.cfg = cfg
-        self.first = True
+        self.device = device
+        self.lock = threading.Lock()
         self.next_publish = 0.0
+        self.last_step = 0.0
+        self.dirty = False
         self.dir = cfg.runtime_dir
         self.error: str | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._idle_loop, name="vllm-maxact-publish", daemon=True)
+        self.thread.start()
 
-    def maybe_publish(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.first:
-            self.first = False
-            self.next_publish = now + self.cfg.publish_interval_s
-            return
-        if not force and now < self.next_publish:
-            return
-        self.next_publish = now + self.cfg.publish_interval_s
+    def after_step(self) -> None:
+        """Called with ``lock`` held, right after a step."""
+        self.last_step = time.monotonic()
+        self.dirty = True
+        if self.last_step >= self.next_publish:
+            self.publish()
+
+    def publish(self) -> None:
+        self.next_publish = time.monotonic() + self.cfg.publish_interval_s
+        self.dirty = False
         self.rec.collect()
         if self.dir is None:
             return
@@ -129,3 +142,20 @@ class Publisher:
             if self.error != str(e):
                 logger.error("vllm-maxact: cannot publish statistics to %s: %s", self.dir, e)
             self.error = str(e)
+
+    def _idle_loop(self) -> None:
+        interval = self.cfg.publish_interval_s
+        while not self._stop.wait(interval / 2):
+            if not self.dirty or time.monotonic() - self.last_step < interval / 2:
+                continue
+            with self.lock:
+                if not self.dirty:
+                    continue
+                if self.device is not None and getattr(self.device, "type", "cpu") == "cuda":
+                    import torch
+
+                    torch.cuda.synchronize(self.device)  # idle: only finishes the last step
+                self.publish()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -98,7 +98,7 @@ def _model_type(model: nn.Module) -> str:
 
 def _hidden_size(model: nn.Module) -> int:
     config = model.config
-    return int(getattr(getattr(config, "text_config", None) or config, "hidden_size"))
+    return int((getattr(config, "text_config", None) or config).hidden_size)
 
 
 def site_modules(model: nn.Module) -> list[tuple[str, nn.Module, Callable[[Any], torch.Tensor]]]:

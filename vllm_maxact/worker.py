@@ -18,13 +18,20 @@ def _recorder(worker):
 
 def maxact_collect(self, reset: bool = False) -> dict[str, Any] | None:
     """This rank's statistics as a plain dict (see `recorder.payload`); optionally reset them."""
-    from vllm_maxact.publish import payload
+    from vllm_maxact.publish import payload, stats_dict
 
     rec, runner = _recorder(self)
     if rec is None:
         return None
-    rec.collect()
+    pub = getattr(runner, "_maxact_publisher", None)
+    if pub is not None:
+        with pub.lock:
+            window = rec.collect()
+    else:
+        window = rec.collect()
     out = payload(rec, runner.vllm_config)
+    # Everything recorded since the previous collect: replay reads per-domain spans this way.
+    out["window"] = stats_dict(window)
     if reset:
         rec.reset()
     return out

@@ -1,5 +1,199 @@
-"""Prometheus exposition (filled in by the export work)."""
+"""Prometheus metrics, served on vLLM's own ``/metrics`` (and by a standalone exporter).
+
+A custom collector reads the workers' latest payloads from the runtime directory at scrape
+time, merges tensor-parallel ranks (max/min) and pipeline stages (disjoint sites), and yields
+one series per (model, kind, layer). Names start with ``vllm_maxact_``: vLLM unregisters every
+collector whose name starts with ``vllm:``.
+
+Series per model: 3 lifetime gauges + 3 window gauges + 2 non-finite counters per site, where a
+model with L layers and all default kinds has 4L + 2 sites (5L + 2 for MoE with routers), plus
+a handful of per-model series. A 32-layer dense model therefore exports 8 * 130 + 8 = 1,048
+series; restrict kinds or layers (VLLM_MAXACT_KINDS / VLLM_MAXACT_LAYERS) to export fewer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+from vllm_maxact.export.arrow import merge_ranks
+from vllm_maxact.export.runtime import by_model, read_payloads
+from vllm_maxact.sites import GLOBAL_KINDS, Site
+
+logger = logging.getLogger("vllm_maxact")
+
+PREFIX = "vllm_maxact_"
+SITE_LABELS = ["model_name", "kind", "layer"]
+
+
+def _stages(payloads: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    stages: dict[int, list[dict[str, Any]]] = {}
+    for p in payloads:
+        stages.setdefault(p.get("pp_rank", 0), []).append(p)
+    return [stages[k] for k in sorted(stages)]
+
+
+class MaxActCollector(Collector):
+    """Reads published payloads at scrape time; holds no state of its own."""
+
+    def __init__(self, runtime_dir: Path | None, status: dict[str, Any] | None = None) -> None:
+        self.runtime_dir = runtime_dir
+        self.status = status if status is not None else {}
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic: never let the registry call collect() at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        payloads = read_payloads(self.runtime_dir)
+        g = {
+            name: GaugeMetricFamily(PREFIX + name, doc, labels=SITE_LABELS)
+            for name, doc in (
+                ("absmax", "Largest |activation| observed at a site since start or reset (lifetime)."),
+                ("max", "Largest activation value observed at a site (lifetime)."),
+                ("min", "Smallest activation value observed at a site (lifetime)."),
+                ("window_absmax", "Largest |activation| at a site over the recent window (window_seconds)."),
+                ("window_max", "Largest activation value at a site over the recent window."),
+                ("window_min", "Smallest activation value at a site over the recent window."),
+            )
+        }
+        nonfinite = CounterMetricFamily(
+            PREFIX + "nonfinite", "Non-finite activation values observed at a site (value=nan|inf).",
+            labels=[*SITE_LABELS, "value"],
+        )
+        tokens = CounterMetricFamily(PREFIX + "tokens", "Tokens observed by the recorder (computed tokens; "
+                                     "prefix-cache hits are not recomputed, so not observed).",
+                                     labels=["model_name"])
+        window_tokens = GaugeMetricFamily(PREFIX + "window_tokens", "Tokens observed in the recent window.",
+                                          labels=["model_name"])
+        gmax = GaugeMetricFamily(PREFIX + "global_absmax", "Global max |x| over embedding, residual, attn_out, "
+                                 "mlp_out and final_norm sites (lifetime).", labels=["model_name"])
+        wgmax = GaugeMetricFamily(PREFIX + "window_global_absmax", "Global max |x| over the recent window.",
+                                  labels=["model_name"])
+        window_s = GaugeMetricFamily(PREFIX + "window_seconds", "Length of the recent window.",
+                                     labels=["model_name"])
+        sites_g = GaugeMetricFamily(PREFIX + "sites", "Number of recorded sites.", labels=["model_name"])
+        updated = GaugeMetricFamily(PREFIX + "last_update_timestamp_seconds",
+                                    "When the workers last published statistics.", labels=["model_name"])
+        info = GaugeMetricFamily(PREFIX + "info", "Recorder build information (value 1).",
+                                 labels=["model_name", "architecture", "adapter", "plugin_version", "vllm_version",
+                                         "tp_size", "pp_size"])
+        for model, group in sorted(by_model(payloads).items()):
+            gl, gw = None, None
+            n_sites, tok_l, tok_w, last = 0, 0, 0, 0.0
+            for stage in _stages(group):
+                sites = stage[0]["sites"]
+                n_sites += len(sites)
+                life = merge_ranks([p["lifetime"] for p in stage], sites)
+                win = merge_ranks([p["recent"] for p in stage], sites)
+                tok_l, tok_w = max(tok_l, life["tokens"]), max(tok_w, win["tokens"])
+                last = max(last, *(p["time"] for p in stage))
+                for i, name in enumerate(sites):
+                    site = Site.parse(name)
+                    labels = [model, site.kind.value, "" if site.layer is None else str(site.layer)]
+                    for prefix, st in (("", life), ("window_", win)):
+                        mx, mn = st["max"][i], st["min"][i]
+                        if mx is None or mn is None:
+                            continue  # nothing observed: no sample beats a fake zero
+                        am = max(abs(mx), abs(mn))
+                        g[prefix + "absmax"].add_metric(labels, am)
+                        g[prefix + "max"].add_metric(labels, mx)
+                        g[prefix + "min"].add_metric(labels, mn)
+                        if site.kind in GLOBAL_KINDS:
+                            if prefix:
+                                gw = am if gw is None else max(gw, am)
+                            else:
+                                gl = am if gl is None else max(gl, am)
+                    nonfinite.add_metric([*labels, "nan"], life["nan"][i])
+                    nonfinite.add_metric([*labels, "inf"], life["inf"][i])
+            p0 = group[0]
+            tokens.add_metric([model], tok_l)
+            window_tokens.add_metric([model], tok_w)
+            window_s.add_metric([model], float(p0.get("window_s", 0)))
+            sites_g.add_metric([model], n_sites)
+            updated.add_metric([model], last)
+            info.add_metric([model, str(p0.get("architecture")), str(p0.get("adapter")), str(p0.get("plugin_version")),
+                             str(p0.get("vllm_version")), str(p0.get("tp_size", 1)), str(p0.get("pp_size", 1))], 1)
+            if gl is not None:
+                gmax.add_metric([model], gl)
+            if gw is not None:
+                wgmax.add_metric([model], gw)
+        yield from g.values()
+        yield from (nonfinite, tokens, window_tokens, gmax, wgmax, window_s, sites_g, updated, info)
+        yield from self._status_metrics()
+
+    def _status_metrics(self) -> Iterator[Metric]:
+        err = GaugeMetricFamily(PREFIX + "snapshot_error", "1 while Arrow snapshots cannot be written "
+                                "(see the log), else 0.", labels=[])
+        n_err = CounterMetricFamily(PREFIX + "snapshot_errors", "Failed snapshot writes.", labels=[])
+        ok = GaugeMetricFamily(PREFIX + "snapshot_last_success_timestamp_seconds",
+                               "When the last Arrow snapshot was written.", labels=[])
+        if self.status.get("snapshots_enabled"):
+            err.add_metric([], 1.0 if self.status.get("error") else 0.0)
+            n_err.add_metric([], self.status.get("errors", 0))
+            if self.status.get("last_ok"):
+                ok.add_metric([], self.status["last_ok"])
+        yield from (err, n_err, ok)
+
+
+_lock = threading.Lock()
+_collector: MaxActCollector | None = None
+_registered: set[int] = set()
+
+
+def collector() -> MaxActCollector:
+    global _collector
+    from vllm_maxact.config import get_config
+    from vllm_maxact.export.snapshot import STATUS
+
+    with _lock:
+        if _collector is None:
+            _collector = MaxActCollector(get_config().runtime_dir, STATUS)
+        return _collector
+
+
+def register_into(registry: CollectorRegistry) -> CollectorRegistry:
+    with _lock:
+        already = id(registry) in _registered
+        _registered.add(id(registry))
+    if not already:
+        registry.register(collector())
+    return registry
 
 
 def install_front_end() -> None:
-    return None
+    """Put our collector behind vLLM's ``/metrics`` in this process (single or multiple API servers)."""
+    from vllm_maxact.plugin import when_imported
+
+    register_into(REGISTRY)
+
+    def patch(mod) -> None:
+        original = getattr(mod, "get_prometheus_registry", None)
+        if original is None or getattr(original, "_vllm_maxact", False):
+            return
+
+        def get_prometheus_registry():
+            # Multi-API-server mode builds a fresh registry with a MultiProcessCollector.
+            return register_into(original())
+
+        get_prometheus_registry._vllm_maxact = True
+        mod.get_prometheus_registry = get_prometheus_registry
+
+    when_imported("vllm.v1.metrics.prometheus", patch)
+    when_imported("vllm.entrypoints.serve.instrumentator.metrics", patch)
+
+
+def start_exporter(port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
+    """Standalone HTTP exporter for offline use (scripts, notebooks, replay). Loopback by default."""
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector())
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    logger.info("vllm-maxact: exporter on http://%s:%d/metrics", host, server.server_port)
+    return server, thread

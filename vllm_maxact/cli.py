@@ -1,0 +1,127 @@
+"""The `vllm-maxact` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _engine_kwargs(tensor_parallel_size, dtype, max_model_len, enforce_eager, engine_arg) -> dict:
+    kw: dict = {"enable_prefix_caching": False}  # cached tokens are never computed, never observed
+    if tensor_parallel_size:
+        kw["tensor_parallel_size"] = tensor_parallel_size
+    if dtype:
+        kw["dtype"] = dtype
+    if max_model_len:
+        kw["max_model_len"] = max_model_len
+    if enforce_eager:
+        kw["enforce_eager"] = True
+    for item in engine_arg:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--engine-arg")
+        k, v = item.split("=", 1)
+        try:
+            import json
+
+            kw[k.replace("-", "_")] = json.loads(v)
+        except ValueError:
+            kw[k.replace("-", "_")] = v
+    return kw
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vllm-maxact")
+def main() -> None:
+    """Measure activation ranges inside vLLM: replay corpora, report, compare, export scales."""
+
+
+@main.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Local folder, hub id, or bundled alias (smollm2-135m, gemma3-270m).")
+@click.option("--corpus", default="builtin", show_default=True,
+              help="builtin, FILE.jsonl, FILE.parquet, a folder of .txt files, or hf:NAME.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Arrow file to write [default: maxact-<model>.arrow].")
+@click.option("--samples", type=int, default=None, help="Use N samples (deterministic with --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-tokens", type=int, default=None, help="Truncate every sample to this many tokens.")
+@click.option("--buckets", default=None,
+              help="Length buckets 'TOKENS:PERCENT,...'; 'study' = 256:1,512:1,1024:2,2048:3,4096:93.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per engine call.")
+@click.option("--tensor-parallel-size", "-tp", type=int, default=None)
+@click.option("--dtype", default=None, help="Engine dtype (default: the model's).")
+@click.option("--max-model-len", type=int, default=None)
+@click.option("--enforce-eager", is_flag=True, help="Disable compilation (slower; for comparisons).")
+@click.option("--engine-arg", multiple=True, metavar="KEY=VALUE", help="Any other vllm.LLM argument.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, tensor_parallel_size, dtype,
+           max_model_len, enforce_eager, engine_arg, quiet) -> None:
+    """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
+    from rich.console import Console
+
+    from vllm_maxact import corpus as corpus_mod
+    from vllm_maxact import models, summary
+    from vllm_maxact.export.arrow import safe_name
+    from vllm_maxact.replay import ReplayError, check_writable, run_replay
+
+    console = Console(stderr=True)
+    try:
+        data = corpus_mod.load_corpus(corpus, samples=samples, seed=seed)
+    except corpus_mod.CorpusError as e:
+        raise click.ClickException(str(e)) from None
+    targets = None
+    if buckets:
+        spec = corpus_mod.STUDY_BUCKETS if buckets == "study" else buckets
+        try:
+            targets = corpus_mod.bucket_plan(len(data), corpus_mod.parse_buckets(spec), seed)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--buckets") from None
+    if max_tokens:
+        targets = [min(t, max_tokens) for t in targets] if targets else [max_tokens] * len(data)
+    out = out or Path(f"maxact-{safe_name(Path(model).name if os.path.isdir(model) else model)}.arrow")
+    try:
+        check_writable(out)
+        path = models.resolve_model(model)
+    except (ReplayError, models.ModelError) as e:
+        raise click.ClickException(str(e)) from None
+
+    os.environ.setdefault("VLLM_MAXACT_ENABLE", "1")
+    from vllm import LLM
+
+    console.print(f"[bold]vllm-maxact replay[/bold]: {model} on {corpus} ({len(data)} samples)")
+    llm = LLM(path, **_engine_kwargs(tensor_parallel_size, dtype, max_model_len, enforce_eager, engine_arg))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(data), unit="sample", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    tok = [0]
+
+    def progress(n_samples: int, n_tokens: int, gmax: float | None) -> None:
+        tok[0] += n_tokens
+        rate = tok[0] / max(bar.format_dict["elapsed"], 1e-9)
+        bar.set_postfix_str(f"{rate:,.0f} tok/s, max |x| {gmax:,.1f}" if gmax else f"{rate:,.0f} tok/s")
+        bar.update(n_samples)
+
+    try:
+        result = run_replay(llm, data, model=model, targets=targets, batch_samples=batch_size, out=out,
+                            on_progress=progress)
+    except ReplayError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        bar.close()
+    extra = {
+        "samples / tokens": f"{result.samples:,} / {result.tokens:,}",
+        "throughput": f"{result.tokens_per_s:,.0f} prompt tok/s (excluding start-up)",
+        "truncated samples": f"{result.truncated} (longer than the model allows; cut to its limit)",
+        "arrow": str(out),
+    }
+    summary.render(result.table, title=f"{model}: activation ranges", extra=extra, console=Console())
+
+
+if __name__ == "__main__":
+    main()

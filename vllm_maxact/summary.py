@@ -1,0 +1,100 @@
+"""Text summaries of a statistics table (terminal output of replay and report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vllm_maxact.sites import GLOBAL_KINDS, KIND_ORDER
+
+FP16_MAX = 65504.0
+BF16_MAX = 3.3895313892515355e38
+FP8_E4M3_MAX = 448.0
+
+
+def whole(table: pa.Table) -> pa.Table:
+    """Rows for the whole corpus/traffic: merged over ranks, not per domain."""
+    mask = pc.and_(pc.is_null(table["domain"]), pc.is_null(table["rank"]))
+    return table.filter(mask)
+
+
+def global_max(table: pa.Table) -> tuple[float | None, str | None]:
+    """The study's M: max |x| over embedding, residual, attn_out, mlp_out and final_norm."""
+    best: tuple[float | None, str | None] = (None, None)
+    for r in whole(table).to_pylist():
+        if r["kind"] in {k.value for k in GLOBAL_KINDS} and r["absmax"] is not None:
+            if best[0] is None or r["absmax"] > best[0]:
+                best = (r["absmax"], r["site"])
+    return best
+
+
+def per_kind(table: pa.Table) -> list[dict[str, Any]]:
+    rows = whole(table).to_pylist()
+    out = []
+    for kind in KIND_ORDER:
+        ks = [r for r in rows if r["kind"] == kind.value and r["absmax"] is not None]
+        if not ks:
+            continue
+        top = max(ks, key=lambda r: r["absmax"])
+        out.append({"kind": kind.value, "absmax": top["absmax"], "site": top["site"], "sites": len(ks),
+                    "nonfinite": sum(r["nan_count"] + r["inf_count"] for r in ks)})
+    return out
+
+
+def top_sites(table: pa.Table, n: int = 10) -> list[dict[str, Any]]:
+    rows = [r for r in whole(table).to_pylist() if r["absmax"] is not None]
+    return sorted(rows, key=lambda r: -r["absmax"])[:n]
+
+
+def per_domain(table: pa.Table) -> dict[str, tuple[float, str]]:
+    out: dict[str, tuple[float, str]] = {}
+    gk = {k.value for k in GLOBAL_KINDS}
+    for r in table.filter(pc.is_valid(table["domain"])).to_pylist():
+        if r["kind"] in gk and r["absmax"] is not None and r["rank"] is None:
+            if r["domain"] not in out or r["absmax"] > out[r["domain"]][0]:
+                out[r["domain"]] = (r["absmax"], r["site"])
+    return out
+
+
+def render(table: pa.Table, *, title: str = "", extra: dict[str, Any] | None = None, console=None) -> None:
+    """Print the summary: global max and its site, per-kind maxima, top sites, format flags."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    m, site = global_max(table)
+    if m is None:
+        console.print("[yellow]no finite values were recorded[/yellow]")
+        return
+    head = Table(title=title or "activation ranges", show_header=False)
+    head.add_row("global max |x| (M)", f"{m:,.1f}", f"at {site}")
+    flag = "[red]OVERFLOWS fp16 (65,504)[/red]" if m > FP16_MAX else f"fits fp16 ({FP16_MAX / m:,.1f}x headroom)"
+    head.add_row("fp16", flag, "")
+    fp8 = "[red]exceeds FP8 E4M3 (448)[/red]" if m > FP8_E4M3_MAX else "fits FP8 E4M3 (448)"
+    head.add_row("fp8 e4m3", fp8, "needs per-tensor scaling" if m > FP8_E4M3_MAX else "")
+    for k, v in (extra or {}).items():
+        head.add_row(k, str(v), "")
+    console.print(head)
+    kinds = Table(title="maxima per kind")
+    for col in ("kind", "absmax", "site", "sites", "non-finite"):
+        kinds.add_column(col, justify="right" if col in ("absmax", "sites", "non-finite") else "left")
+    for r in per_kind(table):
+        kinds.add_row(r["kind"], f"{r['absmax']:,.2f}", r["site"], str(r["sites"]), str(r["nonfinite"]))
+    console.print(kinds)
+    top = Table(title="top sites")
+    for col in ("site", "absmax", "max", "min"):
+        top.add_column(col, justify="left" if col == "site" else "right")
+    for r in top_sites(table):
+        top.add_row(r["site"], f"{r['absmax']:,.2f}", f"{r['max']:,.2f}", f"{r['min']:,.2f}")
+    console.print(top)
+    dom = per_domain(table)
+    if dom:
+        d = Table(title="global max per domain")
+        d.add_column("domain")
+        d.add_column("M", justify="right")
+        d.add_column("site")
+        for name, (v, s) in sorted(dom.items(), key=lambda kv: -kv[1][0]):
+            d.add_row(name, f"{v:,.1f}", s)
+        console.print(d)
