@@ -34,6 +34,15 @@ def _engine_kwargs(tensor_parallel_size, dtype, max_model_len, enforce_eager, en
     return kw
 
 
+def _cpu_defaults() -> None:
+    """On the CPU backend vLLM reserves a fraction of the NUMA node's memory by default and refuses
+    to start when other processes hold some of it; a fixed KV-cache size starts anywhere."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vllm-maxact")
 def main() -> None:
@@ -91,6 +100,7 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
         raise click.ClickException(str(e)) from None
 
     os.environ.setdefault("VLLM_MAXACT_ENABLE", "1")
+    _cpu_defaults()
     from vllm import LLM
 
     console.print(f"[bold]vllm-maxact replay[/bold]: {model} on {corpus} ({len(data)} samples)")

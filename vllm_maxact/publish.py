@@ -112,6 +112,7 @@ class Publisher:
         self.lock = threading.Lock()
         self.next_publish = 0.0
         self.last_step = 0.0
+        self.last_publish = 0.0
         self.dirty = False
         self.dir = cfg.runtime_dir
         self.error: str | None = None
@@ -126,10 +127,12 @@ class Publisher:
         if self.last_step >= self.next_publish:
             self.publish()
 
-    def publish(self) -> None:
+    def publish(self, collect: bool = True) -> None:
         self.next_publish = time.monotonic() + self.cfg.publish_interval_s
-        self.dirty = False
-        self.rec.collect()
+        self.last_publish = time.monotonic()
+        if collect:
+            self.dirty = False
+            self.rec.collect()
         if self.dir is None:
             return
         try:
@@ -145,17 +148,29 @@ class Publisher:
 
     def _idle_loop(self) -> None:
         interval = self.cfg.publish_interval_s
+        heartbeat = max(interval, 10.0)
+        with self.lock:
+            # Announce the recorder (sites, info) before any traffic. Host data only: the device
+            # may be busy with warm-up or CUDA-graph capture, which a side thread must not touch.
+            self.publish(collect=False)
         while not self._stop.wait(interval / 2):
-            if not self.dirty or time.monotonic() - self.last_step < interval / 2:
-                continue
-            with self.lock:
-                if not self.dirty:
-                    continue
-                if self.device is not None and getattr(self.device, "type", "cpu") == "cuda":
-                    import torch
+            now = time.monotonic()
+            if now - self.last_step < interval / 2:
+                continue  # busy: the worker thread publishes after its steps
+            if self.dirty:
+                # Traffic stopped: publish the tail of the burst (real steps ran, so start-up
+                # capture is over and the device is idle).
+                with self.lock:
+                    if self.dirty:
+                        if getattr(self.device, "type", "cpu") == "cuda":
+                            import torch
 
-                    torch.cuda.synchronize(self.device)  # idle: only finishes the last step
-                self.publish()
+                            torch.cuda.synchronize(self.device)
+                        self.publish()
+            elif now - self.last_publish >= heartbeat:
+                # Heartbeat, so "no data" alerts mean a dead worker, not a quiet one.
+                with self.lock:
+                    self.publish(collect=False)
 
     def stop(self) -> None:
         self._stop.set()

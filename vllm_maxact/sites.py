@@ -53,10 +53,13 @@ class Site:
     @classmethod
     def parse(cls, name: str) -> Site:
         parts = name.split(".")
-        if len(parts) == 1:
-            return cls(Kind(parts[0]))
-        if len(parts) == 3 and parts[0] == "layers":
-            return cls(Kind(parts[2]), int(parts[1]))
+        try:
+            if len(parts) == 1:
+                return cls(Kind(parts[0]))
+            if len(parts) == 3 and parts[0] == "layers":
+                return cls(Kind(parts[2]), int(parts[1]))
+        except ValueError:
+            pass
         raise ValueError(f"not a site name: {name!r} (expected 'embedding', 'final_norm' or 'layers.<i>.<kind>')")
 
     def __str__(self) -> str:

@@ -1,0 +1,92 @@
+"""Shared fixtures: real models, tiny random-weight models, engines shared per session."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Small, fixed KV cache: vLLM's CPU backend otherwise reserves a fraction of the NUMA node and
+# refuses to start when other processes hold memory.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_MAXACT_PUBLISH_INTERVAL_S", "0.5")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    from vllm_maxact.models import resolve_model
+
+    return resolve_model("smollm2-135m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def gemma_dir() -> str:
+    from vllm_maxact.models import resolve_model
+
+    return resolve_model("gemma3-270m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory, smollm2_dir):
+    """Tiny random-weight models (no downloads), with SmolLM2's tokenizer so text works."""
+    from tiny_models import make_tiny
+
+    made: dict[str, str] = {}
+
+    def get(arch: str) -> str:
+        if arch not in made:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}")
+            made[arch] = str(make_tiny(arch, out, tokenizer_dir=smollm2_dir))
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def domain_texts() -> list[tuple[str, str]]:
+    """A multi-domain prompt set: two samples of each built-in domain, first ~1,500 characters."""
+    from vllm_maxact.corpus import load_corpus
+
+    by_domain: dict[str, list[str]] = {}
+    for s in load_corpus("builtin"):
+        if len(by_domain.setdefault(s.domain, [])) < 2:
+            by_domain[s.domain].append(s.text[:1500])
+    return [(d, t) for d, texts in sorted(by_domain.items()) for t in texts]
+
+
+def build_llm(model: str, **kwargs):
+    from vllm import LLM
+
+    kwargs.setdefault("max_model_len", 1024)
+    kwargs.setdefault("enable_prefix_caching", False)
+    kwargs.setdefault("dtype", "bfloat16")
+    return LLM(model, **kwargs)
+
+
+def close_llm(llm) -> None:
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:
+        pass
+    del llm
+    gc.collect()
+
+
+def prompt_only(llm, token_lists: list[list[int]]) -> None:
+    from vllm import SamplingParams
+
+    llm.generate([{"prompt_token_ids": t} for t in token_lists], SamplingParams(max_tokens=1), use_tqdm=False)
+
+
+def stats_by_site(table) -> dict[str, dict]:
+    rows = [r for r in table.to_pylist() if r["rank"] is None and r["domain"] is None]
+    return {r["site"]: r for r in rows}
+
+
+def dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=str))

@@ -1,0 +1,69 @@
+"""Recorded maxima inside compiled vLLM (CPU build) equal an independent transformers-hooks
+reference on the same tokens, for every site of every family adapter shipped by the core.
+
+Tolerance: both sides run in bf16 (8 significant bits, 0.4% per rounding) but with different
+kernels: vLLM fuses add+RMSNorm in fp32 and our reduction reads Inductor's fp32 values before
+they are rounded to bf16, while transformers rounds every op to bf16; such differences compound
+over layers. We allow 4% relative (plus 0.02 absolute for values near zero). A recorder that
+mixes up sites, misses padding or dummy runs, or reads the residual before the add is off by
+far more: the tiny models are built so every site has a different range.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import build_llm, close_llm, prompt_only, stats_by_site
+
+import vllm_maxact
+from vllm_maxact.reference import reference_stats
+from vllm_maxact.sites import Kind, Site
+
+pytestmark = pytest.mark.slow
+
+RTOL, ATOL = 0.04, 0.02
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= RTOL * abs(b) + ATOL
+
+
+def token_lists(seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    # Varied lengths, so batches mix prefill chunks and the tail of the token axis is padding.
+    return [[rng.randrange(3, 49000) for _ in range(n)] for n in (5, 37, 120, 301, 64)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_every_site_matches_transformers(arch, tiny_factory):
+    model_dir = tiny_factory(arch)
+    toks = token_lists()
+    llm = build_llm(model_dir)
+    try:
+        vllm_maxact.reset_stats(llm)
+        prompt_only(llm, toks)
+        got = stats_by_site(vllm_maxact.read_stats(llm))
+    finally:
+        close_llm(llm)
+    ref = reference_stats(model_dir, toks)
+
+    layers = {Site.parse(s).layer for s in ref if Site.parse(s).layer is not None}
+    expected = {Site(Kind.EMBEDDING).name, Site(Kind.FINAL_NORM).name} | {
+        Site(k, i).name for i in layers for k in (Kind.RESIDUAL, Kind.ATTN_OUT, Kind.MLP_OUT, Kind.GATE)
+    }
+    assert set(got) == expected
+    assert set(ref) >= expected
+    total = sum(len(t) for t in toks)
+    bad = []
+    for name in sorted(expected):
+        g, r = got[name], ref[name]
+        assert g["tokens"] == total, name
+        assert g["nan_count"] == 0 and g["inf_count"] == 0, name
+        for key, rv in (("max", r.max), ("min", r.min), ("absmax", r.absmax)):
+            if not close(g[key], rv):
+                bad.append(f"{name}.{key}: vllm {g[key]:.5g} vs transformers {rv:.5g}")
+    assert not bad, "\n".join(bad)
+    # The sites really differ (so a mix-up could not pass): residual grows, gates do not.
+    res = [got[Site(Kind.RESIDUAL, i).name]["absmax"] for i in sorted(layers)]
+    assert len({round(v, 3) for v in res}) == len(res)
