@@ -54,117 +54,14 @@ QUICK_WORKLOADS = [
     ("prefill_b4x256", 4, 256, 1, "prompt"),
 ]
 
-SEED = 1234
-WEIGHT_STD = 0.02
-# (layer, residual channel, scale of that down_proj row): massive activations that the residual
-# stream carries from that layer on, as in trained models (the study's global maxima).
-MASSIVE = ((1, 1234, 60.0), (2, 77, 120.0), (9, 3000, 250.0))
-
-
-# ------------------------------------------------------------------ run inside the workers
-# These are shipped to the worker with `LLM.apply_model` (cloudpickle, by value).
-
-
-def randomize_weights(model) -> dict:
-    """normal(0, 0.02) for every matrix, 1 for norms, a few massive down_proj rows."""
-    import torch
-
-    n = 0
-    with torch.no_grad():
-        dev = next(model.parameters()).device
-        g = torch.Generator(device=dev)
-        g.manual_seed(SEED)
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.data.fill_(1.0)
-            elif p.dim() == 2:
-                p.data.normal_(0.0, WEIGHT_STD, generator=g)
-            n += 1
-        layers = model.model.layers
-        hidden = model.config.hidden_size
-        for li, ch, scale in MASSIVE:
-            if li < len(layers) and hasattr(layers[li].mlp.down_proj, "weight"):
-                layers[li].mlp.down_proj.weight.data[ch % hidden, :] *= scale
-    return {"params": n}
-
-
-def zero_lm_head(model) -> bool:
-    """All logits 0: greedy decoding then emits token 0 in every engine, whatever the kernel
-    rounding, so the graph and eager engines decode exactly the same inputs."""
-    import torch
-
-    with torch.no_grad():
-        w = getattr(model.lm_head, "weight", None)
-        if w is None:
-            return False
-        w.data.zero_()
-    return True
-
-
-def install_truth(model) -> int:
-    """Independent reference: float64 max/min of the same extracted tensors, eager hooks."""
-    import torch
-
-    from vllm_maxact.adapters import find_adapter
-
-    adapter = find_adapter(model)
-    rec = getattr(adapter.decoder(model), "maxact_recorder", None)
-    probes = list(adapter.probes(model))
-    dev = next(model.parameters()).device
-    truth = {
-        "names": [p.site.name for p in probes],
-        "max": torch.full((len(probes),), -math.inf, dtype=torch.float64, device=dev),
-        "min": torch.full((len(probes),), math.inf, dtype=torch.float64, device=dev),
-        "tokens": [0],
-        "row_mismatch": [0],
-    }
-    model._maxact_truth = truth
-
-    def update(i: int, x: torch.Tensor, is_embedding: bool) -> None:
-        x2 = x.reshape(-1, x.shape[-1])
-        n = int(rec.n_valid.item()) if rec is not None else x2.shape[0]
-        if n != x2.shape[0]:
-            truth["row_mismatch"][0] += 1  # eager runs have no padding: must stay 0
-        if n == 0:
-            return
-        xd = x2[:n].double()
-        truth["max"][i] = torch.maximum(truth["max"][i], xd.max())
-        truth["min"][i] = torch.minimum(truth["min"][i], xd.min())
-        if is_embedding:
-            truth["tokens"][0] += n
-
-    for i, p in enumerate(probes):
-        emb = p.site.kind.value == "embedding"
-        if p.on == "output":
-            p.module.register_forward_hook(
-                lambda m, a, o, i=i, p=p, emb=emb: update(i, p.extract(o), emb)
-            )
-        else:
-            p.module.register_forward_pre_hook(
-                lambda m, a, k, i=i, p=p, emb=emb: update(i, p.extract(a, k), emb), with_kwargs=True
-            )
-    return len(probes)
-
-
-def read_truth(model) -> dict:
-    t = model._maxact_truth
-    return {
-        "names": t["names"],
-        "max": t["max"].cpu().tolist(),
-        "min": t["min"].cpu().tolist(),
-        "tokens": t["tokens"][0],
-        "row_mismatch": t["row_mismatch"][0],
-    }
-
-
-def reset_truth(model) -> bool:
-    t = model._maxact_truth
-    t["max"].fill_(-math.inf)
-    t["min"].fill_(math.inf)
-    t["tokens"][0] = 0
-    t["row_mismatch"][0] = 0
-    return True
-
+from maxact_bench_worker import (  # noqa: E402  (pickled by reference, see that module)
+    has_recorder,
+    install_truth,
+    randomize_weights,
+    read_truth,
+    reset_truth,
+    zero_lm_head,
+)
 
 # ------------------------------------------------------------------ driver side
 
@@ -258,13 +155,14 @@ class Bench:
         return llm
 
     def recording(self, llm) -> tuple[bool, str]:
+        """(records?, detail) through the public API: `read_stats` raises where nothing records."""
         from vllm_maxact import read_stats
 
         try:
             t = read_stats(llm)
-            return True, f"{t.num_rows} sites"
-        except RuntimeError as e:
-            return False, str(e)
+            return True, f"read_stats: {t.num_rows} sites"
+        except Exception as e:  # noqa: BLE001  (a disabled plugin has no worker method at all)
+            return False, f"read_stats raised {type(e).__name__}: {str(e)[:300]}"
 
     # -- timing
     def run_once(self, llm, prompts, out_len: int) -> dict:
@@ -481,15 +379,23 @@ def main() -> None:
         if not args.skip_timing:
             plain = bench.build("plain", enable=False)
             maxact = bench.build("maxact", enable=True)
-            bench.results["checks"]["plain_records"] = bench.recording(plain)
-            bench.results["checks"]["maxact_records"] = bench.recording(maxact)
-            log(f"checks: {bench.results['checks']}")
+            checks = bench.results["checks"]
+            checks["plain_has_recorder"] = plain.apply_model(has_recorder)
+            checks["maxact_has_recorder"] = maxact.apply_model(has_recorder)
+            checks["maxact_records"] = bench.recording(maxact)
+            log(f"checks: {checks}")
             bench.save()
-            if bench.results["checks"]["plain_records"][0] or not bench.results["checks"]["maxact_records"][0]:
-                raise RuntimeError(f"plugin switch not honoured: {bench.results['checks']}")
+            if any(checks["plain_has_recorder"]) or not all(checks["maxact_has_recorder"]):
+                raise RuntimeError(f"plugin switch not honoured: {checks}")
             for llm in (plain, maxact):  # realistic values for the timed runs too (same seed)
                 llm.apply_model(randomize_weights)
             bench.timing({"plain": plain, "maxact": maxact})
+            # Last, since a failed worker RPC may leave an engine unusable: the public API must
+            # refuse to read statistics from the plain engine.
+            checks["plain_records"] = bench.recording(plain)
+            log(f"plain engine read_stats: {checks['plain_records']}")
+            if checks["plain_records"][0]:
+                raise RuntimeError("the plain engine records statistics")
     except Exception:
         bench.results["errors"].append(traceback.format_exc())
         log(traceback.format_exc())

@@ -33,3 +33,36 @@ def read_stats(
 def reset_stats(llm: Any) -> None:
     """Forget everything recorded so far (device buffers, lifetime and windows)."""
     llm.collective_rpc("maxact_reset")
+
+
+def read_instance(
+    runtime_dir: str | None = None, *, pid: int | None = None, windows: Sequence[str] = ("lifetime",),
+    per_rank: bool = False,
+) -> pa.Table:
+    """Statistics of a running `vllm serve` (or any other process tree) on this machine, from the
+    payloads its workers publish. Give the runtime dir, or the server's pid, or nothing (newest)."""
+    from pathlib import Path
+
+    from vllm_maxact.export.runtime import discover, read_payloads
+
+    if runtime_dir is None:
+        found = discover(pid)
+        if not found:
+            who = f"pid {pid}" if pid else "any process"
+            raise RuntimeError(f"no running vLLM instance with vllm-maxact found for {who}")
+        runtime_dir = str(found[0])
+    payloads = read_payloads(Path(runtime_dir))
+    if not payloads:
+        raise RuntimeError(f"{runtime_dir}: no live worker has published statistics")
+    return table_from_payloads(payloads, windows=windows, per_rank=per_rank)
+
+
+def snapshot(llm: Any, directory: str, *, retain: int | None = None) -> list[str]:
+    """Write an Arrow snapshot of ``llm`` now (same schema as the periodic ones)."""
+    from pathlib import Path
+
+    from vllm_maxact.export.snapshot import write_snapshots
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    return [str(p) for p in write_snapshots(d, collect(llm), retain)]

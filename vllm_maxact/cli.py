@@ -133,5 +133,34 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
     summary.render(result.table, title=f"{model}: activation ranges", extra=extra, console=Console())
 
 
+
+@main.command()
+@click.option("--pid", type=int, default=None, help="Main pid of the vLLM server (default: newest instance).")
+@click.option("--runtime-dir", type=click.Path(path_type=Path), default=None,
+              help="The instance's runtime dir (VLLM_MAXACT_RUNTIME_DIR of the server).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+def snapshot(pid, runtime_dir, out_dir) -> None:
+    """Write an Arrow snapshot of a running vLLM instance on this machine, now."""
+    from vllm_maxact.export.runtime import discover, read_payloads
+    from vllm_maxact.export.snapshot import write_snapshots
+
+    if runtime_dir is None:
+        found = discover(pid)
+        if not found:
+            raise click.ClickException(
+                "no running vLLM instance with vllm-maxact found" + (f" for pid {pid}" if pid else "")
+                + "; pass --runtime-dir (the server's VLLM_MAXACT_RUNTIME_DIR)")
+        runtime_dir = found[0]
+    payloads = read_payloads(runtime_dir)
+    if not payloads:
+        raise click.ClickException(f"{runtime_dir}: no live worker has published statistics")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for p in write_snapshots(out_dir, payloads):
+            click.echo(str(p))
+    except OSError as e:
+        raise click.ClickException(f"cannot write a snapshot to {out_dir}: {e}") from None
+
+
 if __name__ == "__main__":
     main()

@@ -146,14 +146,45 @@ def table_from_payloads(
 
 
 def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write an Arrow IPC (Feather v2) file atomically: temp file, fsync, rename."""
+    """Write an Arrow IPC (Feather v2) file atomically.
+
+    The data goes to an unnamed file in the target directory (Linux ``O_TMPFILE``), is fsynced,
+    and only then gets a name, by a rename over the target. A process killed mid-write leaves
+    nothing behind; a reader sees the old file or the new one, never a part. Elsewhere a named
+    temp file + fsync + rename is used.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    directory = path.resolve().parent
+    tmp = directory / f".{path.name}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+    fd = None
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        except OSError:
+            fd = None  # filesystem without O_TMPFILE support
     try:
-        feather.write_feather(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if fd is not None:
+            with os.fdopen(fd, "wb", closefd=True) as f:
+                feather.write_feather(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+                # linkat(AT_SYMLINK_FOLLOW) gives the unnamed file a name; passing a dir fd makes
+                # CPython call linkat instead of link (which would not follow /proc's link).
+                dfd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.link(f"/proc/self/fd/{f.fileno()}", tmp, src_dir_fd=dfd, follow_symlinks=True)
+                finally:
+                    os.close(dfd)
+        else:
+            feather.write_feather(table, tmp, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # make the rename itself durable
+        finally:
+            os.close(dfd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

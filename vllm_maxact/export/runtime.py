@@ -60,3 +60,22 @@ def by_model(payloads: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for p in payloads:
         groups.setdefault(p["model"], []).append(p)
     return groups
+
+
+def instances_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"vllm-maxact-{os.getuid()}"
+
+
+def discover(pid: int | None = None) -> list[Path]:
+    """Runtime dirs of running instances (newest first); ``pid`` = the server's main process."""
+    root = instances_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        head = d.name.split("-", 1)[0]
+        if not head.isdigit() or (pid is not None and int(head) != pid):
+            continue
+        if read_payloads(d):
+            found.append(d)
+    return sorted(found, key=lambda d: d.stat().st_mtime, reverse=True)

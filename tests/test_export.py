@@ -1,0 +1,125 @@
+"""Export without an engine: rank merging, the Prometheus exposition, atomic snapshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.feather as feather
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from vllm_maxact.export.arrow import table_from_payloads
+from vllm_maxact.export.prometheus import MaxActCollector
+from vllm_maxact.export.snapshot import STATUS, SnapshotWriter
+
+SITES = ["embedding", "layers.0.residual", "layers.0.gate", "final_norm"]
+
+
+def stats(mx, mn, nan=(0, 0, 0, 0), tokens=10):
+    return {"max": list(mx), "min": list(mn), "nan": list(nan), "inf": [0] * 4, "tokens": tokens,
+            "start": 1.0, "end": 2.0}
+
+
+def payload(rank: int, mx, mn, nan=(0, 0, 0, 0), pid=None):
+    s = stats(mx, mn, nan)
+    return {"version": 1, "model": "m", "architecture": "LlamaForCausalLM", "adapter": "llama",
+            "vllm_version": "x", "plugin_version": "y", "pid": pid or os.getpid(), "time": time.time(),
+            "window_s": 60, "tp_rank": rank, "tp_size": 2, "pp_rank": 0, "pp_size": 1, "sites": SITES,
+            "lifetime": s, "recent": s}
+
+
+TP = [payload(0, [1, 5, 3, None], [-2, -1, -3, None], nan=(0, 1, 2, 0)),
+      payload(1, [1, 4, 7, None], [-2, -6, -1, None], nan=(0, 1, 3, 0))]
+
+
+def test_tp_ranks_merge_by_max_and_keep_per_rank_rows():
+    t = table_from_payloads(TP, per_rank=True)
+    merged = {r["site"]: r for r in t.to_pylist() if r["rank"] is None}
+    assert merged["layers.0.residual"]["absmax"] == 6  # max over ranks of max(|max|, |min|)
+    assert merged["layers.0.gate"]["max"] == 7
+    # Replicated sites saw the same NaN on both ranks; the gate is sharded: its counts add up.
+    assert merged["layers.0.residual"]["nan_count"] == 1
+    assert merged["layers.0.gate"]["nan_count"] == 5
+    assert merged["final_norm"]["absmax"] is None  # nothing observed is null, not 0
+    assert sorted(r["rank"] for r in t.to_pylist() if r["site"] == "embedding" and r["rank"] is not None) == [0, 1]
+
+
+def exposition(tmp_path: Path, payloads) -> str:
+    for p in payloads:
+        (tmp_path / f"worker-tp{p['tp_rank']}-pp0-{p['tp_rank']}.json").write_text(json.dumps(p))
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(MaxActCollector(tmp_path))
+    return generate_latest(reg).decode()
+
+
+def test_exposition_values_and_promtool(tmp_path):
+    text = exposition(tmp_path, TP)
+    assert 'vllm_maxact_absmax{kind="residual",layer="0",model_name="m"} 6.0' in text
+    assert 'vllm_maxact_absmax{kind="final_norm"' not in text  # no fake zero for unobserved sites
+    assert 'vllm_maxact_nonfinite_total{kind="gate",layer="0",model_name="m",value="nan"} 5.0' in text
+    assert 'vllm_maxact_global_absmax{model_name="m"} 6.0' in text  # gate (7) is excluded from M
+    if shutil.which("promtool"):
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+
+
+def test_dead_workers_are_not_exported(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    text = exposition(tmp_path, [payload(0, [1, 2, 3, 4], [0, 0, 0, 0], pid=int(dead))])
+    assert "vllm_maxact_absmax{" not in text
+
+
+def test_unwritable_snapshot_dir_sets_error_metric_and_keeps_going(tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    w = SnapshotWriter(blocker / "snapshots", tmp_path, interval=60, retain=3)
+    assert STATUS["error"] and "snapshots" in caplog.text
+    assert w.write_now() == []  # no payloads: nothing to do, no crash
+    (tmp_path / "worker-tp0-pp0-1.json").write_text(json.dumps(TP[0]))
+    errors = STATUS["errors"]
+    assert w.write_now() == [] and STATUS["errors"] == errors + 1
+    text = generate_latest(_reg(tmp_path)).decode()
+    assert "vllm_maxact_snapshot_error 1.0" in text
+    w.directory = tmp_path / "ok"
+    assert len(w.write_now()) == 1 and STATUS["error"] is None
+    assert "vllm_maxact_snapshot_error 0.0" in generate_latest(_reg(tmp_path)).decode()
+
+
+def _reg(d):
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(MaxActCollector(d, STATUS))
+    return reg
+
+
+WRITER = r"""
+import sys, pyarrow as pa
+from vllm_maxact.export.arrow import write_table
+big = pa.table({"x": list(range(200_000))})
+i = 0
+while True:
+    write_table(big, f"{sys.argv[1]}/maxact-m-{i:06d}.arrow")
+    i += 1
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.45, 0.6, 0.75, 0.9])
+def test_sigkill_during_writes_leaves_only_complete_files(tmp_path, delay):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob("maxact-*.arrow")):
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    names = sorted(os.listdir(tmp_path))
+    assert names and all(n.startswith("maxact-m-") and n.endswith(".arrow") for n in names), names
+    for n in names:
+        assert feather.read_table(tmp_path / n).num_rows == 200_000

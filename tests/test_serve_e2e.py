@@ -1,0 +1,143 @@
+"""End to end with real parts: `vllm serve` (CPU build, real SmolLM2-135M) with the plugin,
+concurrent chat and completion requests from the `openai` client, Debian's Prometheus scraping
+vLLM's own /metrics. PromQL results, the latest Arrow snapshot and the Python API agree.
+The last test kills the server with SIGKILL while snapshots are being written."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow.feather as feather
+import pytest
+import requests
+from servers import Prometheus, VllmServer
+
+import vllm_maxact
+from vllm_maxact.export.snapshot import latest, list_snapshots
+
+pytestmark = pytest.mark.slow
+PUBLISH_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    snaps = work / "snapshots"
+    srv = VllmServer(smollm2_dir, work, env={
+        "VLLM_MAXACT_SNAPSHOT_DIR": str(snaps),
+        "VLLM_MAXACT_SNAPSHOT_INTERVAL_S": "1",
+        "VLLM_MAXACT_SNAPSHOT_RETAIN": "5",
+        "VLLM_MAXACT_PUBLISH_INTERVAL_S": str(PUBLISH_S),
+        "VLLM_MAXACT_WINDOW_S": "30",
+    })
+    srv.snapshots = snaps
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def prometheus(server, tmp_path_factory):
+    work = tmp_path_factory.mktemp("prometheus")
+    rules = work / "rules.yaml"
+    subprocess.run(["python3", "grafana/rules.py", "--for-override", "0s", "--out", str(rules)], check=True)
+    prom = Prometheus(work, f"127.0.0.1:{server.port}", rules=rules)
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic(server, domain_texts):
+    """Concurrent chat and completion requests; returns once published statistics are stable."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+    def chat(text: str) -> str:
+        r = client.chat.completions.create(
+            model=server.name, messages=[{"role": "user", "content": text[:600]}], max_tokens=16)
+        return r.choices[0].message.content
+
+    def complete(text: str) -> str:
+        r = client.completions.create(model=server.name, prompt=text[:800], max_tokens=16)
+        return r.choices[0].text
+
+    jobs = [(chat if i % 2 else complete, t) for i, (_, t) in enumerate(domain_texts)]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda j: j[0](j[1]), jobs))
+    assert all(isinstance(o, str) for o in outs)
+    time.sleep(4 * PUBLISH_S + 3)  # the tail is published once traffic stops, then snapshotted
+    return len(jobs)
+
+
+def scrape(server) -> str:
+    r = requests.get(server.url + "/metrics", timeout=10)
+    r.raise_for_status()
+    return r.text
+
+
+def test_metrics_on_vllms_own_endpoint(server, traffic):
+    text = scrape(server)
+    assert "vllm:prompt_tokens_total" in text  # vLLM's own metrics are still there
+    assert 'vllm_maxact_absmax{kind="residual",layer="0",model_name="smollm2"}' in text
+    assert 'vllm_maxact_absmax{kind="embedding",layer="",model_name="smollm2"}' in text
+    assert "vllm_maxact_tokens_total" in text and "vllm_maxact_window_absmax" in text
+    ours = "\n".join(line for line in text.splitlines() if "vllm_maxact_" in line) + "\n"
+    lint = subprocess.run(["promtool", "check", "metrics"], input=ours, capture_output=True, text=True)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
+
+
+def test_promql_equals_snapshot_and_python_api(server, prometheus, traffic):
+    deadline = time.time() + 30
+    while time.time() < deadline and not prometheus.query('vllm_maxact_absmax{model_name="smollm2"}'):
+        time.sleep(1)
+    time.sleep(2)  # one more scrape after the last publish
+    prom = {(r["metric"]["kind"], r["metric"].get("layer", "")): float(r["value"][1])
+            for r in prometheus.query('vllm_maxact_absmax{model_name="smollm2"}')}
+    assert len(prom) == 30 * 4 + 2  # SmolLM2: 30 layers x 4 kinds + embedding + final_norm
+
+    snap = feather.read_table(latest(server.snapshots))
+    snap_rows = {(r["kind"], "" if r["layer"] is None else str(r["layer"])): r["absmax"]
+                 for r in snap.to_pylist() if r["window"] == "lifetime" and r["rank"] is None}
+    api = vllm_maxact.read_instance(pid=server.proc.pid)
+    api_rows = {(r["kind"], "" if r["layer"] is None else str(r["layer"])): r["absmax"] for r in api.to_pylist()}
+    assert set(prom) == set(snap_rows) == set(api_rows)
+    for key, v in prom.items():
+        assert math.isclose(v, snap_rows[key], rel_tol=1e-9), key
+        assert math.isclose(v, api_rows[key], rel_tol=1e-9), key
+    # Real traffic through SmolLM2 reaches its massive residual activations.
+    assert max(prom.values()) > 5_000
+    tokens = prometheus.query('vllm_maxact_tokens_total{model_name="smollm2"}')
+    assert int(float(tokens[0]["value"][1])) == api["tokens"][0].as_py() > 16 * 20
+
+
+def test_window_and_lifetime_series(prometheus, traffic):
+    life = prometheus.query('vllm_maxact_global_absmax{model_name="smollm2"}')
+    win = prometheus.query('vllm_maxact_window_global_absmax{model_name="smollm2"}')
+    assert life and win
+    assert float(win[0]["value"][1]) <= float(life[0]["value"][1])
+    assert prometheus.query('vllm_maxact_window_seconds{model_name="smollm2"}')[0]["value"][1] == "30"
+
+
+def test_snapshot_schema_and_retention(server, traffic):
+    snaps = list_snapshots(server.snapshots)
+    assert 1 <= len(snaps) <= 5  # retention
+    t = feather.read_table(snaps[-1])
+    assert t.schema.metadata[b"vllm_maxact.schema_version"] == b"1"
+    assert set(t["window"].to_pylist()) == {"lifetime", "recent"}
+    assert {"timestamp", "model", "vllm_version", "plugin_version", "site", "kind", "layer", "rank",
+            "absmax", "max", "min", "tokens", "nan_count", "inf_count"} <= set(t.column_names)
+    assert t.filter(t["rank"].is_valid())["rank"].to_pylist()[0] == 0  # per-rank rows kept
+
+
+def test_kill_9_mid_snapshot_leaves_complete_files(server, traffic):
+    """Last in the module: snapshots every second; SIGKILL lands at an arbitrary point."""
+    time.sleep(2.5)
+    server.kill(signal.SIGKILL)
+    files = sorted(p.name for p in server.snapshots.iterdir())
+    assert files and all(f.startswith("maxact-") and f.endswith(".arrow") for f in files), files
+    for name in files:  # every file present is complete and readable
+        assert feather.read_table(server.snapshots / name).num_rows > 0
