@@ -88,8 +88,11 @@ def ops_fingerprint() -> dict:
     return {"file": ops.__file__, "sha256": hashlib.sha256(src).hexdigest()[:16]}
 
 
+TOKEN_RANGE = (1000, 120000)  # ids drawn uniformly; capped at the vocab size in main()
+
+
 def make_prompts(rng, batch: int, length: int) -> list[dict]:
-    ids = rng.integers(1000, 120000, size=(batch, length))
+    ids = rng.integers(*TOKEN_RANGE, size=(batch, length))
     return [{"prompt_token_ids": row.tolist()} for row in ids]
 
 
@@ -234,11 +237,11 @@ class Bench:
             dec_n, dec_out = 37, 64  # 37: decode batches get padded to a captured size
         phases = {
             "mixed": [
-                ({"prompt_token_ids": rng.integers(1000, 120000, size=n).tolist()}, o)
+                ({"prompt_token_ids": rng.integers(*TOKEN_RANGE, size=n).tolist()}, o)
                 for n, o in zip(mixed_lens, mixed_out, strict=True)
             ],
             "decode": [
-                ({"prompt_token_ids": rng.integers(1000, 120000, size=int(rng.integers(1, 9))).tolist()}, dec_out)
+                ({"prompt_token_ids": rng.integers(*TOKEN_RANGE, size=int(rng.integers(1, 9))).tolist()}, dec_out)
                 for _ in range(dec_n)
             ],
         }
@@ -371,7 +374,10 @@ def main() -> None:
 
     bench.results["versions"] = {"vllm": vllm.__version__, "torch": torch.__version__}
     bench.results["ops"] = ops_fingerprint()
-    bench.results["byte_floor"] = byte_floor(json.loads((args.model / "config.json").read_text()))
+    cfg = json.loads((args.model / "config.json").read_text())
+    global TOKEN_RANGE
+    TOKEN_RANGE = (min(TOKEN_RANGE[0], cfg["vocab_size"] // 4), min(TOKEN_RANGE[1], cfg["vocab_size"]))
+    bench.results["byte_floor"] = byte_floor(cfg)
     bench.save()
 
     plain = maxact = eager = None

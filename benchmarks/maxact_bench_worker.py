@@ -34,8 +34,9 @@ def randomize_weights(model) -> dict:
         layers = model.model.layers
         hidden = model.config.hidden_size
         for li, ch, scale in MASSIVE:
-            if li < len(layers) and hasattr(layers[li].mlp.down_proj, "weight"):
-                layers[li].mlp.down_proj.weight.data[ch % hidden, :] *= scale
+            w = getattr(layers[li].mlp.down_proj, "weight", None) if li < len(layers) else None
+            if w is not None and w.dim() == 2:  # the CPU backend repacks linear weights away
+                w.data[ch % hidden, :] *= scale
     return {"params": n}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -101,6 +102,61 @@ def test_marker_cache_is_reused_without_packages(tmp_path: Path, monkeypatch: py
     (folder / MARKER).write_text(json.dumps({**marker, "source_sha256": "0" * 64}))
     with pytest.raises(AssertionError):
         resolve_model("smollm2-135m", cache_dir=tmp_path)
+
+
+def _fake_spec() -> models.BundledModel:
+    """A spec whose 'GGUF' is pytest's own __init__.py, with its real sha256 pinned."""
+    dist = metadata.distribution("pytest")
+    path = Path(str(dist.locate_file(next(f for f in dist.files or [] if f.name == "__init__.py"))))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dataclasses.replace(
+        BUNDLED["smollm2-135m"], alias="fake", distributions=("pytest",), files=("__init__.py",), sha256=sha
+    )
+
+
+def test_killed_conversion_leaves_no_finished_looking_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dies_halfway(spec: object, gguf: Path, out: Path, *, progress: bool) -> None:
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # as if killed mid-save
+
+    monkeypatch.setattr(models, "_convert", dies_halfway)
+    spec = _fake_spec()
+    with pytest.raises(KeyboardInterrupt):
+        models.ensure_converted(spec, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conversion_writes_marker_and_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_convert(spec: object, gguf: Path, out: Path, *, progress: bool) -> None:
+        calls.append(gguf)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert", fake_convert)
+    spec = _fake_spec()
+    first = models.ensure_converted(spec, cache_dir=tmp_path, progress=False)
+    assert first == tmp_path / "fake" and [p.name for p in tmp_path.iterdir()] == ["fake"]
+    marker = json.loads((first / MARKER).read_text())
+    assert marker["alias"] == "fake" and marker["source_sha256"] == spec.sha256
+    assert models.ensure_converted(spec, cache_dir=tmp_path, progress=False) == first
+    assert len(calls) == 1
+    # A stale folder (marker of an older converter) is replaced, not merged into.
+    (first / MARKER).write_text(json.dumps({**marker, "converter_version": -1}))
+    (first / "stale.bin").write_text("x")
+    assert models.ensure_converted(spec, cache_dir=tmp_path, progress=False) == first
+    assert len(calls) == 2 and not (first / "stale.bin").exists()
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VLLM_MAXACT_CACHE", str(tmp_path))
+    assert models.default_cache_dir() == tmp_path / "models"
+    monkeypatch.delenv("VLLM_MAXACT_CACHE")
+    assert models.default_cache_dir() == Path.home() / ".cache" / "vllm-maxact" / "models"
 
 
 # ---------------------------------------------------------------- reference recorder

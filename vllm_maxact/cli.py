@@ -162,5 +162,95 @@ def snapshot(pid, runtime_dir, out_dir) -> None:
         raise click.ClickException(f"cannot write a snapshot to {out_dir}: {e}") from None
 
 
+def _load_report_table(path: Path):
+    from vllm_maxact.report import ReportError, load
+
+    try:
+        return load(path)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Where PNGs and report.html go [default: <file stem>-report/].")
+@click.option("--window", type=click.Choice(["replay", "lifetime", "recent"]), default=None,
+              help="Window to report [default: replay if present, else lifetime].")
+@click.option("--no-plots", is_flag=True, help="No PNGs (no matplotlib needed); report.html has the tables only.")
+def report(file, out_dir, window, no_plots) -> None:
+    """Print a report of an Arrow statistics file; write PNG plots and one self-contained report.html."""
+    from rich.console import Console
+
+    from vllm_maxact import report as rep
+
+    table = _load_report_table(file)
+    out_dir = out_dir or Path(f"{file.stem}-report")
+    try:
+        rep.select_view(table, window)
+    except rep.ReportError as e:
+        raise click.ClickException(f"{file}: {e}") from None
+    rep.print_report(table, Console(), window)
+    pngs = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not no_plots:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise click.ClickException(
+                    "plots need matplotlib: pip install 'vllm-maxact[report]' (or pass --no-plots)") from None
+            pngs = rep.write_plots(table, out_dir, window)
+        html = rep.write_html(table, out_dir / "report.html", pngs, window=window, source=file)
+    except OSError as e:
+        raise click.ClickException(f"cannot write the report to {out_dir}: {e}; pass another --out-dir") from None
+    for p in [*pngs, html]:
+        click.echo(str(p))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", default=None, help="Comma-separated labels, one per file [default: model names].")
+@click.option("--window", type=click.Choice(["replay", "lifetime", "recent"]), default=None,
+              help="Window to compare [default: replay if present, else lifetime, per file].")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Write compare.png here.")
+def compare(files, labels, window, out_dir) -> None:
+    """Compare models side by side: global max M, per-kind maxima, ratios to the first file."""
+    from rich.console import Console
+
+    from vllm_maxact import report as rep
+
+    if len(files) < 2:
+        raise click.UsageError("compare needs at least two files (the first is the baseline)")
+    names = [s.strip() for s in labels.split(",")] if labels else None
+    if names is not None and len(names) != len(files):
+        raise click.BadParameter(f"{len(names)} labels for {len(files)} files; give one label per file",
+                                 param_hint="--labels")
+    tables = [_load_report_table(f) for f in files]
+    if names is None:
+        names = []
+        for f, t in zip(files, tables, strict=True):
+            models = [m for m in t.column("model").to_pylist() if m] if "model" in t.column_names else []
+            names.append(models[0] if models else f.stem)
+        if len(set(names)) < len(names):  # same model twice: tell them apart by file
+            names = [f.stem for f in files]
+    for f, t in zip(files, tables, strict=True):
+        try:
+            rep.select_view(t, window)
+        except rep.ReportError as e:
+            raise click.ClickException(f"{f}: {e}") from None
+    rows = rep.compare(list(zip(names, tables, strict=True)), window)
+    rep.print_compare(rows, Console())
+    if out_dir:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.ClickException("plots need matplotlib: pip install 'vllm-maxact[report]'") from None
+        try:
+            click.echo(str(rep.plot_compare(rows, out_dir / "compare.png")))
+        except OSError as e:
+            raise click.ClickException(f"cannot write to {out_dir}: {e}; pass another --out-dir") from None
+
+
 if __name__ == "__main__":
     main()

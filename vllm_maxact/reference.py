@@ -167,9 +167,13 @@ def reference_stats_for_model(model: nn.Module, token_ids: Iterable[list[int]]) 
 
 
 def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    import transformers
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # transformers 4.56 renamed torch_dtype to dtype; older ones (a GPU image) only know torch_dtype.
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **{key: dtype})
     model.eval()
     return model
 

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Replay throughput on the CPU: vllm-maxact replay vs plain vLLM prefill vs the study's method.
+
+Same model (bundled SmolLM2-135M, bf16), same tokens (the built-in corpus, first N samples,
+tokenized once with the model's tokenizer), same machine, one run:
+
+  hf_hooks   transformers forward with max-recording forward hooks at every site, one sample
+             at a time (the study's method, reduced to what it needs: max/min per site)
+  plain      vLLM prompt-only prefill with the plugin installed but switched off
+  maxact     vLLM prompt-only prefill with the plugin recording every default site, through
+             `vllm_maxact.replay.run_replay` (what `vllm-maxact replay` does)
+
+Prompt tokens/s exclude start-up (engine build, compilation, model load). The two vLLM
+engines live side by side (each has its own worker process; the switch is read when a worker
+starts) and are timed alternately, `--reps` times each; medians are reported.
+
+    python benchmarks/cpu_replay.py --samples 40 --reps 3 --out benchmarks/results/cpu_replay.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def hf_hooks_tokens_per_s(model_dir: str, toks: list[list[int]]) -> float:
+    import torch
+
+    from vllm_maxact.reference import load_model, reference_stats_for_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(model_dir)
+    reference_stats_for_model(model, toks[:2])  # warm-up
+    t0 = time.perf_counter()
+    reference_stats_for_model(model, toks)
+    return sum(map(len, toks)) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_replay.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+    import torch
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    from vllm_maxact.corpus import load_corpus
+    from vllm_maxact.models import resolve_model
+    from vllm_maxact.replay import run_replay
+
+    model = resolve_model("smollm2-135m")
+    samples = load_corpus("builtin")[: args.samples]
+    engines = {}
+    for name, enable in (("plain", "0"), ("maxact", "1")):
+        os.environ["VLLM_MAXACT_ENABLE"] = enable
+        engines[name] = LLM(model, enable_prefix_caching=False, max_model_len=args.max_tokens + 1,
+                            dtype="bfloat16")
+    tok = engines["plain"].get_tokenizer()
+    toks = [tok(s.text).input_ids[: args.max_tokens] for s in samples]
+    n_tokens = sum(map(len, toks))
+    params = SamplingParams(max_tokens=1)
+
+    def plain() -> float:
+        t0 = time.perf_counter()
+        engines["plain"].generate([{"prompt_token_ids": t} for t in toks], params, use_tqdm=False)
+        return n_tokens / (time.perf_counter() - t0)
+
+    def maxact() -> float:
+        t0 = time.perf_counter()
+        res = run_replay(engines["maxact"], samples, model="smollm2-135m", targets=[args.max_tokens] * len(toks))
+        dt = time.perf_counter() - t0
+        assert res.tokens == n_tokens, (res.tokens, n_tokens)
+        return n_tokens / dt  # includes tokenization and per-batch reads: the whole replay
+
+    plain(), maxact()  # warm-up
+    runs: dict[str, list[float]] = {"plain": [], "maxact": []}
+    for _ in range(args.reps):
+        runs["plain"].append(plain())
+        runs["maxact"].append(maxact())
+    for e in engines.values():
+        e.llm_engine.engine_core.shutdown()
+    del engines
+    hf = [hf_hooks_tokens_per_s(model, toks) for _ in range(max(1, args.reps // 2))]
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    med["hf_hooks"] = statistics.median(hf)
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "vllm": vllm.__version__, "torch": torch.__version__,
+        "samples": len(toks), "prompt_tokens": n_tokens, "runs": runs, "hf_hooks_runs": hf,
+        "median_tok_per_s": med,
+        "maxact_vs_plain": med["maxact"] / med["plain"],
+        "maxact_vs_hf_hooks": med["maxact"] / med["hf_hooks"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("median_tok_per_s", "maxact_vs_plain", "maxact_vs_hf_hooks")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
