@@ -239,6 +239,22 @@ def test_strings_are_escaped(tmp_path):
     assert "&lt;b&gt;code&lt;/b&gt;" in page
 
 
+def test_no_finite_values(tmp_path):
+    rows = synthetic_rows("empty", domains=None)
+    for r in rows:
+        r.update(absmax=None, max=None, min=None, tokens=0)
+    t = pa.Table.from_pylist(rows, schema=SCHEMA)
+    from rich.console import Console
+
+    buf = io.StringIO()
+    report.print_report(t, Console(file=buf, width=120))
+    assert "no finite values" in buf.getvalue()
+    assert report.write_plots(t, tmp_path) == []
+    assert "none" in report.write_html(t, tmp_path / "r.html").read_text()
+    rows = report.compare([("a", t), ("b", synthetic_table())])
+    assert rows[1]["ratio"] is None and rows[1]["kind_ratios"]["residual"] is None
+
+
 def test_compare_ratios(tmp_path):
     a, b = synthetic_table("small"), synthetic_table("big", scale=3.0, seed=1)
     rows = report.compare([("A", a), ("B", b)])

@@ -454,7 +454,7 @@ def plot_layers(table: pa.Table, path: Path, window: str | None = None) -> Path:
     ax.set_ylabel("max |x|  (log scale)", fontsize=11)
     m = f"global max M = {i['M']:,.1f} at {i['site']} (circled)" if i["M"] else "no finite values"
     _style(ax, f"{_short(i['model'])}: max |x| per layer and kind ({i['window']})", m)
-    ncol = len(ax.get_legend_handles_labels()[0])
+    ncol = max(1, len(ax.get_legend_handles_labels()[0]))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=10, frameon=False,
               handletextpad=0.4, columnspacing=1.4)
     return _save(fig, path)
@@ -500,7 +500,9 @@ def _kind_legend(ax, kinds: set[str], extra: Sequence[tuple[str, str]] = ()) -> 
     handles = [Patch(color=KIND_COLORS[k.value], label=k.value) for k in KIND_ORDER if k.value in kinds]
     handles += [Line2D([], [], color="#333", linestyle=ls, label=label) for label, ls in extra]
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.5 / ax.figure.get_figheight()),
+        # just under the x label: ~0.6 inch below the axes, whose height is the figure's less ~1.5 inch
+        below = 0.62 / max(ax.figure.get_figheight() - 1.5, 1.0)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -below),
                   ncol=len(handles), fontsize=9.5, frameon=False)
 
 
@@ -567,9 +569,11 @@ def plot_int8(table: pa.Table, path: Path, window: str | None = None) -> Path | 
 def write_plots(table: pa.Table, out_dir: str | os.PathLike, window: str | None = None) -> list[Path]:
     """Write the report's PNGs into ``out_dir`` (created): ``layers.png``, ``domains.png`` (when
     there are per-domain rows), ``top_sites.png``, ``int8_sqnr.png`` (when INT-8 columns exist).
-    Returns the paths written."""
+    Returns the paths written: none when no finite value was recorded."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if _view(table, window).column("absmax").null_count == _view(table, window).num_rows:
+        return []
     written = [
         plot_layers(table, out / PLOT_FILES["layers"], window),
         plot_domains(table, out / PLOT_FILES["domains"], window),
@@ -599,11 +603,11 @@ h2 { font-size: 19px; margin: 30px 0 10px; border-bottom: 2px solid #dde1e6; pad
 .card.bad { border-color: #e6a5a5; background: #fdf0f0; } .card.bad .v { color: #b3261e; }
 .card.warn { border-color: #ecd28c; background: #fffaeb; } .card.warn .v { color: #8a6100; }
 .card.ok .v { color: #1e7b34; }
-figure { margin: 0; background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 10px; }
-figure img { width: 100%; height: auto; display: block; }
+figure { margin: 0; background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 10px;
+         max-width: 100%; }
+figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #5f6773; font-size: 13px; margin-top: 4px; }
-.plots { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; align-items: start; }
-.plots figure.wide { grid-column: 1 / -1; }
+.plots { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
 table { border-collapse: collapse; background: #fff; border: 1px solid #dde1e6; font-size: 13.5px; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #eceef1; }
 th { background: #eef0f3; text-align: left; position: sticky; top: 0; }
@@ -613,8 +617,9 @@ td.fp16 { background: #f9d6d5; color: #8e1b14; font-weight: 600; }
 td.fp8 { background: #fff0c2; color: #6b4d00; }
 .legend span { display: inline-block; padding: 1px 8px; border-radius: 4px; margin-right: 8px; font-size: 13px; }
 .legend .fp16 { background: #f9d6d5; color: #8e1b14; } .legend .fp8 { background: #fff0c2; color: #6b4d00; }
-.tables { display: grid; grid-template-columns: 1fr 1fr; gap: 20px; align-items: start; }
-.tables table { width: 100%; }
+.tables { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 32px; align-items: start; }
+.tables > div:last-child table { width: 100%; }
+@media (max-width: 1000px) { .tables { grid-template-columns: 1fr; } }
 code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12.5px; }
 footer { color: #8a919c; font-size: 12px; margin-top: 36px; }
 """
@@ -653,9 +658,8 @@ def _card(key: str, value: str, detail: str = "", cls: str = "") -> str:
 def _img(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     name = Path(path).name
-    wide = ' class="wide"' if name == PLOT_FILES["layers"] else ""
     cap = _CAPTIONS.get(name, Path(path).stem)
-    return (f'<figure{wide}><img src="data:image/png;base64,{data}" alt="{_e(cap)}">'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(cap)}">'
             f"<figcaption>{_e(cap)}</figcaption></figure>")
 
 
@@ -710,6 +714,7 @@ def write_html(table: pa.Table, out_path: str | os.PathLike, pngs: Sequence[str 
         parts.append("<h2>Plots</h2>")
         parts.append(f'<section class="plots">{"".join(_img(Path(p)) for p in pngs)}</section>')
 
+    parts.append('<div class="tables"><div>')
     parts.append("<h2>Max |x| per layer and kind</h2>")
     parts.append('<p class="legend"><span class="fp8">&gt; 448 (FP8 E4M3)</span>'
                  '<span class="fp16">&gt; 65,504 (fp16)</span></p>')
@@ -717,31 +722,30 @@ def write_html(table: pa.Table, out_path: str | os.PathLike, pngs: Sequence[str 
     body = "".join(f"<tr><td>{_e(r['row'])}</td>{''.join(_td(r[k]) for k in kinds)}</tr>"
                    for r in layer_table(table, window))
     parts.append(f'<table id="layers"><thead><tr><th>row</th>{head}</tr></thead><tbody>{body}</tbody></table>')
-
-    parts.append('<div class="tables">')
+    parts.append("</div><div>")
     dom = domain_table(table, window)
     if dom:
         rows = "".join(
             f"<tr><td>{_e(r['domain'])}</td>{_td(r['M'])}<td><code>{_e(r['site'])}</code></td>"
             f'<td class="n">{_e(_pct(r["share"]))}</td><td class="n">{_e(_int(r["tokens"]))}</td></tr>'
             for r in dom)
-        parts.append('<div><h2>Global max M per domain</h2><table id="domains"><thead><tr><th>domain</th>'
+        parts.append('<h2>Global max M per domain</h2><table id="domains"><thead><tr><th>domain</th>'
                      '<th class="n">M</th><th>site</th><th class="n">of whole M</th><th class="n">tokens</th>'
-                     f"</tr></thead><tbody>{rows}</tbody></table></div>")
+                     f"</tr></thead><tbody>{rows}</tbody></table>")
     top = top_table(table, 15, window)
     has_sqnr = any(r.get(INT8_SQNR) is not None for r in top)
     rows = "".join(
         f"<tr><td><code>{_e(r['site'])}</code></td>{_td(r['absmax'])}"
         f'<td class="n">{_e(fmt(r["max"]))}</td><td class="n">{_e(fmt(r["min"]))}</td>'
-        f'<td class="n">{_e(_times(r["headroom_fp16"]))}</td>'
+        f'<td class="n{" fp16" if (r["headroom_fp16"] or 2) < 1 else ""}">{_e(_times(r["headroom_fp16"]))}</td>'
         + (f'<td class="n">{_e(_db(r.get(INT8_SQNR)))}</td>' if has_sqnr else "")
         + "</tr>"
         for r in top)
-    sqnr_head = '<th class="n">INT-8 SQNR dB</th>' if has_sqnr else ""
-    parts.append('<div><h2>Top sites</h2><table id="top"><thead><tr><th>site</th><th class="n">max |x|</th>'
+    sqnr_head = '<th class="n" title="per-tensor INT-8 SQNR">SQNR dB</th>' if has_sqnr else ""
+    parts.append('<h2>Top sites</h2><table id="top"><thead><tr><th>site</th><th class="n">max |x|</th>'
                  '<th class="n">max</th><th class="n">min</th><th class="n">fp16 headroom</th>'
-                 f"{sqnr_head}</tr></thead><tbody>{rows}</tbody></table></div>")
-    parts.append("</div>")
+                 f"{sqnr_head}</tr></thead><tbody>{rows}</tbody></table>")
+    parts.append("</div></div>")
     src = f" from {_e(source)}" if source else ""
     parts.append(f"<footer>Generated by vllm-maxact{src} on "
                  f"{_e(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))}. "
