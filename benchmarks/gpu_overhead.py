@@ -55,6 +55,7 @@ QUICK_WORKLOADS = [
 ]
 
 from maxact_bench_worker import (  # noqa: E402  (pickled by reference, see that module)
+    HOT_TOKEN,
     has_recorder,
     install_truth,
     randomize_weights,
@@ -96,14 +97,32 @@ def make_prompts(rng, batch: int, length: int) -> list[dict]:
     return [{"prompt_token_ids": row.tolist()} for row in ids]
 
 
+def gpu_used_mib() -> float | None:
+    dev = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", dev, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+        return float(out.strip().splitlines()[0])
+    except Exception:  # noqa: BLE001  (CPU dry run)
+        return None
+
+
 def shutdown(llm) -> None:
+    before = gpu_used_mib()
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception as e:  # noqa: BLE001
         log(f"shutdown: {e!r}")
     del llm
     gc.collect()
-    time.sleep(3)
+    # The engine's memory is freed when its process exits: wait for it before the next start-up
+    # (vLLM refuses to start when less than its share is free).
+    for _ in range(30):
+        now = gpu_used_mib()
+        if before is None or now is None or now < before - 10 * 1024:
+            break
+        time.sleep(1)
+    log(f"engine shut down; GPU memory used {before} -> {gpu_used_mib()} MiB")
 
 
 class Bench:
@@ -111,8 +130,11 @@ class Bench:
         self.args = args
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        pkg = Path(__import__("vllm_maxact").__file__).parent
         self.results: dict = {
             "label": args.label,
+            "package": {str(p.relative_to(pkg)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+                        for p in sorted(pkg.rglob("*.py"))},
             "started": dt.datetime.now(dt.timezone.utc).isoformat(),
             "argv": sys.argv,
             "model": str(args.model),
@@ -235,7 +257,15 @@ class Bench:
             mixed_lens = [1, 3, 17, 64, 100, 255, 513, 1024, 2047, 3000, 7, 130]
             mixed_out = [1, 8, 33, 64, 2, 17, 40, 1, 5, 12, 64, 48]
             dec_n, dec_out = 37, 64  # 37: decode batches get padded to a captured size
+        # padding: a 40-token prompt puts HOT_TOKEN at rows 14 and 15 of vLLM's input buffer;
+        # after a reset, 13 one-token prompts run as one step padded to the captured size 16,
+        # whose padding rows 13-15 still hold those stale ids (vLLM zeroes padded positions, not
+        # ids). A recorder that let padding rows through would show the hot embedding (~5000x).
+        hot = rng.integers(*TOKEN_RANGE, size=40)
+        hot[14] = hot[15] = HOT_TOKEN
+        pre = {"padding": [({"prompt_token_ids": hot.tolist()}, 1)]}
         phases = {
+            "padding": [({"prompt_token_ids": [int(rng.integers(*TOKEN_RANGE))]}, 1) for _ in range(13)],
             "mixed": [
                 ({"prompt_token_ids": rng.integers(*TOKEN_RANGE, size=n).tolist()}, o)
                 for n, o in zip(mixed_lens, mixed_out, strict=True)
@@ -247,13 +277,17 @@ class Bench:
         }
         from vllm import SamplingParams
 
+        def sampling(o: int) -> SamplingParams:
+            return SamplingParams(max_tokens=o, min_tokens=o, ignore_eos=True, temperature=0.0, detokenize=False)
+
         for phase, reqs in phases.items():
             for llm in (graph_llm, eager_llm):
+                if phase in pre:
+                    llm.generate([r[0] for r in pre[phase]], [sampling(o) for _, o in pre[phase]], use_tqdm=False)
                 reset_stats(llm)
             eager_llm.apply_model(reset_truth)
             prompts = [r[0] for r in reqs]
-            sps = [SamplingParams(max_tokens=o, min_tokens=o, ignore_eos=True, temperature=0.0, detokenize=False)
-                   for _, o in reqs]
+            sps = [sampling(o) for _, o in reqs]
             outs = {}
             for label, llm in (("graph", graph_llm), ("eager", eager_llm)):
                 outs[label] = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, sps, use_tqdm=False)]

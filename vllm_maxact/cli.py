@@ -67,9 +67,15 @@ def main() -> None:
 @click.option("--max-model-len", type=int, default=None)
 @click.option("--enforce-eager", is_flag=True, help="Disable compilation (slower; for comparisons).")
 @click.option("--engine-arg", multiple=True, metavar="KEY=VALUE", help="Any other vllm.LLM argument.")
+@click.option("--int8-check", is_flag=True,
+              help="INT-8 reconstruction check at every site (calibrate, then evaluate), on the device.")
+@click.option("--calib-samples", type=int, default=128, show_default=True, help="INT-8 calibration samples.")
+@click.option("--eval-samples", type=int, default=256, show_default=True, help="INT-8 evaluation samples.")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, tensor_parallel_size, dtype,
-           max_model_len, enforce_eager, engine_arg, quiet) -> None:
+           max_model_len, enforce_eager, engine_arg, int8_check, calib_samples, eval_samples, skip_bad,
+           quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
     from rich.console import Console
 
@@ -80,7 +86,7 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
 
     console = Console(stderr=True)
     try:
-        data = corpus_mod.load_corpus(corpus, samples=samples, seed=seed)
+        data = corpus_mod.load_corpus(corpus, samples=samples, seed=seed, skip_bad=skip_bad)
     except corpus_mod.CorpusError as e:
         raise click.ClickException(str(e)) from None
     targets = None
@@ -100,6 +106,8 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
         raise click.ClickException(str(e)) from None
 
     os.environ.setdefault("VLLM_MAXACT_ENABLE", "1")
+    if int8_check:
+        os.environ["VLLM_MAXACT_INT8_CHECK"] = "1"  # read by the workers when they start
     _cpu_defaults()
     from vllm import LLM
 
@@ -119,7 +127,8 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
 
     try:
         result = run_replay(llm, data, model=model, targets=targets, batch_samples=batch_size, out=out,
-                            on_progress=progress)
+                            on_progress=progress, int8_check=int8_check, calib_samples=calib_samples,
+                            eval_samples=eval_samples)
     except ReplayError as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -130,7 +139,11 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
         "truncated samples": f"{result.truncated} (longer than the model allows; cut to its limit)",
         "arrow": str(out),
     }
+    if data.problems:
+        extra["skipped corpus records"] = f"{len(data.problems)} (e.g. {data.problems[0]})"
     summary.render(result.table, title=f"{model}: activation ranges", extra=extra, console=Console())
+    if int8_check:
+        summary.render_int8(result.table, console=Console())
 
 
 

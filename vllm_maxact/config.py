@@ -59,6 +59,9 @@ class MaxActConfig(BaseSettings):
     exporter_port: int | None = Field(
         None, ge=0, le=65535, description="Start the standalone exporter on this port (offline use)."
     )
+    int8_check: bool = Field(
+        False, description="Trace the on-device INT-8 reconstruction check (replay --int8-check sets it)."
+    )
     calibration: Path | None = Field(
         None, description="Calibration scales (JSON from `vllm-maxact scales`) for live INT-8 drift."
     )
@@ -89,7 +92,14 @@ class MaxActConfig(BaseSettings):
 
     def signature(self) -> str:
         """What changes the traced graph; mixed into vLLM's compile-cache key."""
-        return json.dumps({"kinds": [k.value for k in self.kinds], "layers": self.layers}, sort_keys=True)
+        return json.dumps(
+            {"kinds": [k.value for k in self.kinds], "layers": self.layers, "int8": self.int8_enabled},
+            sort_keys=True,
+        )
+
+    @property
+    def int8_enabled(self) -> bool:
+        return self.int8_check or self.calibration is not None
 
 
 def parse_layer_spec(spec: str) -> set[int]:

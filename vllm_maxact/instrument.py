@@ -38,22 +38,40 @@ def select(probes: Iterable[Probe], cfg: MaxActConfig) -> list[Probe]:
     return out
 
 
+def _record(rec: Recorder, slot: int, x) -> None:
+    if x is None:
+        return
+    ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
+    if rec.int8:
+        ops.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, slot, x)
+
+
 def _output_hook(rec: Recorder, slot: int, extract):
     def hook(module: nn.Module, args, output) -> None:
-        x = extract(output)
-        if x is not None:
-            ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
+        _record(rec, slot, extract(output))
 
     return hook
 
 
 def _input_hook(rec: Recorder, slot: int, extract):
     def hook(module: nn.Module, args, kwargs) -> None:
-        x = extract(args, kwargs)
-        if x is not None:
-            ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
+        _record(rec, slot, extract(args, kwargs))
 
     return hook
+
+
+def load_calibration(rec: Recorder, path) -> None:
+    """Live drift: thresholds from a `vllm-maxact scales` file; evaluate from the start."""
+    from vllm_maxact.int8 import read_scales
+
+    scales = read_scales(path)
+    thr = [[scales.get(s.name, {}).get("threshold_max") or 0.0, scales.get(s.name, {}).get("threshold_p999") or 0.0]
+           for s in rec.sites]
+    missing = [s.name for s, t in zip(rec.sites, thr, strict=True) if not t[0]]
+    if missing:
+        logger.warning("vllm-maxact: calibration %s has no threshold for %d sites (e.g. %s)", path, len(missing),
+                       missing[0])
+    rec.set_int8(2, thr)
 
 
 def instrument(
@@ -75,7 +93,9 @@ def instrument(
         if p.site in seen:
             raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
         seen.add(p.site)
-    rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s)
+    rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled)
+    if cfg.calibration is not None:
+        load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
     rec.architecture = arch
     for slot, p in enumerate(probes):

@@ -83,6 +83,20 @@ def payload(rec: Recorder, vllm_config) -> dict[str, Any]:
         "sites": [s.name for s in rec.sites],
         "lifetime": stats_dict(rec.lifetime),
         "recent": stats_dict(rec.recent()),
+        **(int8_dict(rec) if rec.int8 else {}),
+    }
+
+
+def int8_dict(rec: Recorder) -> dict[str, Any]:
+    """Raw INT-8 accumulators (sums merge across ranks and windows; figures are derived later)."""
+    recent = rec.int8_recent()
+    return {
+        "int8": {
+            "thresholds": rec.qthr.cpu().tolist(),
+            "lifetime": {"acc": rec.int8_lifetime[0].tolist(), "cnt": rec.int8_lifetime[1].tolist()},
+            "recent": {"acc": recent[0].tolist(), "cnt": recent[1].tolist()},
+            "window": {"acc": rec.int8_last[0].tolist(), "cnt": rec.int8_last[1].tolist()},
+        }
     }
 
 

@@ -86,7 +86,9 @@ class Stats:
 class Recorder(nn.Module):
     """Owns the device buffers for one model replica (one worker / rank)."""
 
-    def __init__(self, sites: list[Site], device: torch.device, window_s: float = 60.0) -> None:
+    def __init__(
+        self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False
+    ) -> None:
         super().__init__()
         self.sites = list(sites)
         self.slot = {s: i for i, s in enumerate(self.sites)}
@@ -96,6 +98,20 @@ class Recorder(nn.Module):
         self.register_buffer("extrema", torch.empty(n, 2, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("counts", torch.zeros(n, 2, dtype=torch.int64, device=device), persistent=False)
         self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
+        self.int8 = int8
+        if int8:
+            from vllm_maxact.ops import HIST_BINS
+
+            # Thresholds (max, p999) per site; accumulators of the reconstruction check; the
+            # calibration histogram; the phase (0 off, 1 calibrate, 2 evaluate).
+            self.register_buffer("qthr", torch.zeros(n, 2, dtype=torch.float32, device=device), persistent=False)
+            self.register_buffer("qacc", torch.zeros(n, 2, 4, dtype=torch.float64, device=device), persistent=False)
+            self.register_buffer("qcnt", torch.zeros(n, 2, 2, dtype=torch.int64, device=device), persistent=False)
+            self.register_buffer("qhist", torch.zeros(n, HIST_BINS, dtype=torch.int64, device=device), persistent=False)
+            self.register_buffer("qmode", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
+            self.int8_lifetime = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
+            self.int8_windows: collections.deque = collections.deque()
+            self.int8_last = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
         self._arm()
         self._live = False
         self.window_s = window_s
@@ -127,6 +143,9 @@ class Recorder(nn.Module):
         self.extrema[:, 0].fill_(float("-inf"))
         self.extrema[:, 1].fill_(float("inf"))
         self.counts.zero_()
+        if self.int8:
+            self.qacc.zero_()
+            self.qcnt.zero_()
 
     @torch.no_grad()
     def collect(self) -> Stats:
@@ -134,6 +153,9 @@ class Recorder(nn.Module):
         with self._lock:
             ext = self.extrema.to("cpu", copy=True).double().numpy()
             cnt = self.counts.to("cpu", copy=True).numpy()
+            if self.int8:
+                qa = self.qacc.to("cpu", copy=True).numpy()
+                qc = self.qcnt.to("cpu", copy=True).numpy()
             self._arm()
             now = time.time()
             win = Stats(self.sites, ext[:, 0], ext[:, 1], cnt[:, 0], cnt[:, 1], self._pending_tokens,
@@ -147,7 +169,32 @@ class Recorder(nn.Module):
                 self.windows.append(win)
             while self.windows and self.windows[0].end < now - self.window_s:
                 self.windows.popleft()
+            if self.int8:
+                self.int8_last = (qa, qc)
+                self.int8_lifetime = (self.int8_lifetime[0] + qa, self.int8_lifetime[1] + qc)
+                if win.tokens:
+                    self.int8_windows.append((now, qa, qc))
+                while self.int8_windows and self.int8_windows[0][0] < now - self.window_s:
+                    self.int8_windows.popleft()
             return win
+
+    def int8_recent(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.sites)
+        acc, cnt = np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64)
+        now = time.time()
+        for t, a, c in self.int8_windows:
+            if t >= now - self.window_s:
+                acc, cnt = acc + a, cnt + c
+        return acc, cnt
+
+    @torch.no_grad()
+    def set_int8(self, mode: int, thresholds: np.ndarray | None = None, clear_hist: bool = False) -> None:
+        """Switch the INT-8 phase; called between steps (worker thread)."""
+        if thresholds is not None:
+            self.qthr.copy_(torch.as_tensor(np.asarray(thresholds, dtype=np.float32)))
+        if clear_hist:
+            self.qhist.zero_()
+        self.qmode.fill_(mode)
 
     def recent(self) -> Stats:
         """Union of the windows that ended within the last ``window_s`` seconds."""
@@ -167,3 +214,7 @@ class Recorder(nn.Module):
             self.lifetime = Stats.empty(self.sites)
             self.windows.clear()
             self._window_start = time.time()
+            if self.int8:
+                n = len(self.sites)
+                self.int8_lifetime = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
+                self.int8_windows.clear()

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from vllm_maxact.corpus import Sample
 from vllm_maxact.export.arrow import SCHEMA, merge_ranks, rows_from_stats, write_table
+from vllm_maxact.int8 import headroom
+from vllm_maxact.sites import Kind, Site
 
 FP16_MAX = 65504.0
 
@@ -96,6 +99,9 @@ def run_replay(
     batch_samples: int = 32,
     out: Path | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
+    int8_check: bool = False,
+    calib_samples: int = 128,
+    eval_samples: int = 256,
 ) -> ReplayResult:
     """Replay ``samples`` through an already built ``llm`` (plugin active, prefix caching off)."""
     from vllm import SamplingParams
@@ -111,7 +117,14 @@ def run_replay(
     collect(llm, reset=True)  # also checks that the plugin is recording
     params = SamplingParams(max_tokens=1, temperature=0.0)
 
-    order = sorted(range(len(samples)), key=lambda i: (samples[i].domain or "", i))
+    # With the INT-8 check the corpus runs in three phases (the study's split): calibrate on the
+    # first N samples, evaluate on the next M, then the rest; each phase is grouped by domain.
+    n_cal = min(calib_samples, len(samples)) if int8_check else 0
+    n_eval = min(eval_samples, len(samples) - n_cal) if int8_check else 0
+    if int8_check and (n_cal == 0 or n_eval == 0):
+        raise ReplayError(f"--int8-check needs calibration and evaluation samples; the corpus has {len(samples)}")
+    phases = [range(0, n_cal), range(n_cal, n_cal + n_eval), range(n_cal + n_eval, len(samples))]
+    int8_result: dict[str, Any] | None = None
     per_domain: dict[str, dict[str, Any]] = {}
     domain_counts: dict[str, int] = {}
     tokens = 0
@@ -143,11 +156,23 @@ def run_replay(
             on_progress(len(batch), n_tok, gmax)
         batch.clear()
 
-    for i in order:
-        if batch and (samples[i].domain != samples[batch[0]].domain or len(batch) >= batch_samples):
-            flush()
-        batch.append(i)
-    flush()
+    for phase, idx in enumerate(phases):
+        if int8_check and phase == 0:
+            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 1, "clear_hist": True}))
+        if int8_check and phase == 1:
+            thresholds = _thresholds(collect(llm), llm.collective_rpc("maxact_int8_hist"))
+            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 2, "thresholds": thresholds}))
+        if int8_check and phase == 2:
+            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
+            int8_result = _int8_lifetime(collect(llm), thresholds)
+        for i in sorted(idx, key=lambda i: (samples[i].domain or "", i)):
+            if batch and (samples[i].domain != samples[batch[0]].domain or len(batch) >= batch_samples):
+                flush()
+            batch.append(i)
+        flush()
+    if int8_check and int8_result is None:
+        _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
+        int8_result = _int8_lifetime(collect(llm), thresholds)
 
     payloads = collect(llm)
     rows: list[dict[str, Any]] = []
@@ -168,15 +193,91 @@ def run_replay(
                 part = {k: (v[offset : offset + len(sites)] if isinstance(v, list) else v) for k, v in win.items()}
                 rows += rows_from_stats(meta, sites, part, window="replay", rank=None, domain=domain)
                 offset += len(sites)
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    for r in rows:
+        r.update(headroom(r["absmax"]))
+    if int8_result is not None:
+        for r in rows:
+            if r["domain"] is None:
+                r.update(int8_result.get(r["site"], {}))
+    table = pa.Table.from_pylist(rows, schema=replay_schema(int8_result is not None))
+    meta_int8 = {b"vllm_maxact.int8_calib_samples": str(n_cal).encode(),
+                 b"vllm_maxact.int8_eval_samples": str(n_eval).encode()} if int8_check else {}
     table = table.replace_schema_metadata(
         {**SCHEMA.metadata, b"vllm_maxact.samples": str(len(samples)).encode(),
-         b"vllm_maxact.truncated": str(truncated).encode(), b"vllm_maxact.tokens": str(tokens).encode()}
+         b"vllm_maxact.truncated": str(truncated).encode(), b"vllm_maxact.tokens": str(tokens).encode(),
+         **meta_int8}
     )
     result = ReplayResult(table, model, len(samples), tokens, truncated, seconds, out, domain_counts)
     if out is not None:
         write_table(table, out)
     return result
+
+
+INT8_FIGURES = ("mae", "rmse", "rel_mae", "rel_rmse", "sqnr_db", "clip_rate")
+
+
+def replay_schema(with_int8: bool) -> pa.Schema:
+    """The snapshot schema plus format headroom and, with the INT-8 check, its figures.
+
+    ``int8_*`` columns use the calibration max |x| as threshold, ``int8_p999_*`` the calibration
+    99.9th percentile of |x|; ``int8_threshold`` / ``int8_p999_threshold`` are the thresholds
+    (scale = threshold / 127)."""
+    fields = list(SCHEMA) + [pa.field(n, pa.float64()) for n in ("headroom_fp16", "headroom_bf16", "headroom_fp8")]
+    if with_int8:
+        for prefix in ("int8_", "int8_p999_"):
+            fields += [pa.field(prefix + "threshold", pa.float64())]
+            fields += [pa.field(prefix + f, pa.float64()) for f in INT8_FIGURES]
+    return pa.schema(fields, metadata=SCHEMA.metadata)
+
+
+def _rpc_ok(results: list) -> None:
+    if not all(results):
+        raise ReplayError("the INT-8 check is not traced in this engine (start it with VLLM_MAXACT_INT8_CHECK=1)")
+
+
+def _merge_rank_arrays(per_rank: list[tuple[list[str], np.ndarray]]) -> dict[str, np.ndarray]:
+    """Sum over TP ranks for the sharded gate, rank 0's copy for replicated sites; stages concat."""
+    out: dict[str, np.ndarray] = {}
+    for sites, arr in per_rank:
+        for i, name in enumerate(sites):
+            if name not in out:
+                out[name] = arr[i].copy()
+            elif Site.parse(name).kind == Kind.GATE:
+                out[name] = out[name] + arr[i]
+    return out
+
+
+def _thresholds(payloads: list[dict[str, Any]], hists: list[dict[str, Any] | None]) -> dict[str, list[float]]:
+    """Per site: (calibration max |x|, calibration p99.9 of |x|), merged over ranks."""
+    from vllm_maxact.int8 import percentile_from_hist
+
+    merged_hist = _merge_rank_arrays([(h["sites"], np.asarray(h["hist"])) for h in hists if h])
+    absmax: dict[str, float] = {}
+    for p in payloads:
+        for i, name in enumerate(p["sites"]):
+            mx, mn = p["lifetime"]["max"][i], p["lifetime"]["min"][i]
+            if mx is not None and mn is not None:
+                absmax[name] = max(absmax.get(name, 0.0), abs(mx), abs(mn))
+    return {n: [absmax.get(n, 0.0), percentile_from_hist(h, 99.9) or 0.0] for n, h in merged_hist.items()}
+
+
+def _int8_lifetime(payloads: list[dict[str, Any]], thresholds) -> dict[str, dict[str, float | None]]:
+    from vllm_maxact.int8 import figures
+
+    acc = _merge_rank_arrays([(p["sites"], np.asarray(p["int8"]["lifetime"]["acc"])) for p in payloads])
+    cnt = _merge_rank_arrays([(p["sites"], np.asarray(p["int8"]["lifetime"]["cnt"])) for p in payloads])
+    thr = thresholds
+    out: dict[str, dict[str, float | None]] = {}
+    for name in acc:
+        f = figures(acc[name], cnt[name])  # arrays over the two thresholds
+        row: dict[str, float | None] = {}
+        for t, prefix in enumerate(("int8_", "int8_p999_")):
+            row[prefix + "threshold"] = float(thr[name][t]) if thr[name][t] else None
+            for k in INT8_FIGURES:
+                v = float(f[k][t])
+                row[prefix + k] = v if np.isfinite(v) else None
+        out[name] = row
+    return out
 
 
 def _group_stages(payloads: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

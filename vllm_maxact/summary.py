@@ -98,3 +98,50 @@ def render(table: pa.Table, *, title: str = "", extra: dict[str, Any] | None = N
         for name, (v, s) in sorted(dom.items(), key=lambda kv: -kv[1][0]):
             d.add_row(name, f"{v:,.1f}", s)
         console.print(d)
+
+
+def int8_rows(table: pa.Table) -> list[dict[str, Any]]:
+    if "int8_sqnr_db" not in table.column_names:
+        return []
+    return [r for r in whole(table).to_pylist() if r.get("int8_sqnr_db") is not None and r["absmax"]]
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Rank correlation (no ties handling needed for a summary figure)."""
+    import numpy as np
+
+    if len(xs) < 3:
+        return None
+    rx, ry = np.argsort(np.argsort(xs)), np.argsort(np.argsort(ys))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def render_int8(table: pa.Table, *, console=None) -> None:
+    """INT-8 per kind (worst site), the worst sites, and how SQNR co-varies with absmax."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    rows = int8_rows(table)
+    if not rows:
+        console.print("[yellow]no INT-8 figures in this table[/yellow]")
+        return
+    t = Table(title="INT-8 per-tensor symmetric, worst site per kind (threshold: calib max | calib p99.9)")
+    for col in ("kind", "site", "absmax", "SQNR dB", "rel RMSE", "clip", "SQNR dB p99.9", "clip p99.9"):
+        t.add_column(col, justify="left" if col in ("kind", "site") else "right")
+    for kind in KIND_ORDER:
+        ks = [r for r in rows if r["kind"] == kind.value]
+        if not ks:
+            continue
+        w = min(ks, key=lambda r: r["int8_sqnr_db"])
+        p = w.get("int8_p999_sqnr_db")
+        t.add_row(kind.value, w["site"], f"{w['absmax']:,.1f}", f"{w['int8_sqnr_db']:.1f}",
+                  f"{w['int8_rel_rmse']:.3g}", f"{w['int8_clip_rate']:.2g}",
+                  "-" if p is None else f"{p:.1f}", f"{w.get('int8_p999_clip_rate') or 0:.2g}")
+    console.print(t)
+    import math
+
+    rho = spearman([math.log10(r["absmax"]) for r in rows], [r["int8_sqnr_db"] for r in rows])
+    if rho is not None:
+        console.print(f"SQNR vs absmax across {len(rows)} sites: Spearman rho = {rho:+.2f} "
+                      "(negative: larger ranges quantize worse with a max-based scale)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RPC_METHODS = ("maxact_collect", "maxact_reset")
+RPC_METHODS = ("maxact_collect", "maxact_reset", "maxact_int8", "maxact_int8_hist")
 
 
 def _recorder(worker):
@@ -44,3 +44,32 @@ def maxact_reset(self) -> bool:
     rec.collect()
     rec.reset()
     return True
+
+
+def maxact_int8(self, mode: int, thresholds: dict | None = None, clear_hist: bool = False) -> bool:
+    """Switch the INT-8 check phase (0 off, 1 calibrate, 2 evaluate) and set thresholds
+    (site name -> [max threshold, p99.9 threshold]; sites not named get 0 = not evaluated)."""
+    rec, runner = _recorder(self)
+    if rec is None or not rec.int8:
+        return False
+    if thresholds is not None:
+        thresholds = [list(thresholds.get(s.name, (0.0, 0.0))) for s in rec.sites]
+    pub = getattr(runner, "_maxact_publisher", None)
+    if pub is not None:
+        with pub.lock:
+            rec.collect()
+            rec.set_int8(mode, thresholds, clear_hist)
+    else:
+        rec.collect()
+        rec.set_int8(mode, thresholds, clear_hist)
+    return True
+
+
+def maxact_int8_hist(self) -> dict | None:
+    """The calibration histogram of |x| per site (counts), for percentile thresholds."""
+    rec, _ = _recorder(self)
+    if rec is None or not rec.int8:
+        return None
+    from vllm_maxact.publish import rank_info
+
+    return {"sites": [s.name for s in rec.sites], "hist": rec.qhist.cpu().tolist(), **rank_info()}

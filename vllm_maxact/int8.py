@@ -1,0 +1,100 @@
+"""INT-8 reconstruction check: thresholds from calibration, figures from device accumulators,
+and static scale export.
+
+Per site and threshold t (per-tensor symmetric, qmax 127, scale = t / 127, round half to even,
+clamp): with err = x - dequant(quant(x)) summed over every element of the evaluation split,
+  MAE = sum|err| / n        RMSE = sqrt(sum err^2 / n)
+  rel_MAE = sum|err| / sum|x|   rel_RMSE = sqrt(sum err^2 / sum x^2)
+  SQNR = 10 log10(sum x^2 / sum err^2) dB     clip rate = #(|x| > t) / n
+Two thresholds, as in the study: the calibration max |x| (column 0) and the calibration
+99.9th percentile of |x| (column 1), estimated from a log2 histogram with 32 bins per octave
+and linear interpolation inside the bin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vllm_maxact.ops import BINS_PER_OCTAVE, HIST_BINS, HIST_MIN_EXP
+
+THRESHOLDS = ("max", "p999")
+FP16_MAX = 65504.0
+BF16_MAX = 3.3895313892515355e38
+FP8_E4M3_MAX = 448.0
+
+
+def bin_edges() -> np.ndarray:
+    """Lower and upper edge of every histogram bin ([HIST_BINS, 2]); bin 0 is exactly zero."""
+    k = np.arange(HIST_BINS - 1, dtype=np.float64)
+    lo = 2.0 ** (HIST_MIN_EXP + k / BINS_PER_OCTAVE)
+    hi = 2.0 ** (HIST_MIN_EXP + (k + 1) / BINS_PER_OCTAVE)
+    return np.concatenate([[[0.0, 0.0]], np.stack([lo, hi], 1)])
+
+
+def percentile_from_hist(hist: np.ndarray, q: float = 99.9) -> float | None:
+    """The q-th percentile of |x| from a histogram of counts (None when empty)."""
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    # NumPy's definition: position r = q (n - 1) among the sorted values (zero-based); the bin
+    # holding value number floor(r) is found exactly, the position inside it is interpolated.
+    r = q / 100.0 * (total - 1)
+    cum = np.cumsum(hist)
+    i = int(np.searchsorted(cum, np.floor(r), side="right"))
+    i = min(i, len(hist) - 1)
+    if i == 0:
+        return 0.0
+    before = cum[i - 1]
+    lo, hi = bin_edges()[i]
+    frac = (r - before + 0.5) / hist[i] if hist[i] else 1.0
+    return float(lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+
+
+def figures(acc: np.ndarray, cnt: np.ndarray) -> dict[str, np.ndarray]:
+    """acc [..., 4] = (sum x^2, sum|x|, sum err^2, sum|err|); cnt [..., 2] = (clipped, n)."""
+    acc = np.asarray(acc, dtype=np.float64)
+    cnt = np.asarray(cnt, dtype=np.float64)
+    x2, ax, e2, ae = (acc[..., i] for i in range(4))
+    clip, n = cnt[..., 0], cnt[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {
+            "mae": ae / n,
+            "rmse": np.sqrt(e2 / n),
+            "rel_mae": ae / ax,
+            "rel_rmse": np.sqrt(e2 / x2),
+            "sqnr_db": 10.0 * np.log10(x2 / e2),
+            "clip_rate": clip / n,
+        }
+    for v in out.values():
+        v[n == 0] = np.nan
+    return out
+
+
+def headroom(absmax: float | None) -> dict[str, float | None]:
+    """How many times the largest |x| fits in each format's range (< 1: overflows)."""
+    if absmax is None or absmax == 0 or not math.isfinite(absmax):
+        return {"headroom_fp16": None, "headroom_bf16": None, "headroom_fp8": None}
+    return {
+        "headroom_fp16": FP16_MAX / absmax,
+        "headroom_bf16": BF16_MAX / absmax,
+        "headroom_fp8": FP8_E4M3_MAX / absmax,
+    }
+
+
+def read_scales(path) -> dict[str, dict]:
+    """Site -> {threshold_max, threshold_p999, ...} from a `vllm-maxact scales` JSON file."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"calibration file {path}: cannot read it as JSON ({e})") from e
+    if data.get("format") != SCALES_FORMAT:
+        raise ValueError(f"calibration file {path}: not a vllm-maxact scales file (format {data.get('format')!r})")
+    return data["sites"]
+
+
+SCALES_FORMAT = "vllm-maxact-scales"
