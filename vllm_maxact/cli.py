@@ -265,5 +265,49 @@ def compare(files, labels, window, out_dir) -> None:
             raise click.ClickException(f"cannot write to {out_dir}: {e}; pass another --out-dir") from None
 
 
+
+@main.command()
+@click.argument("arrow_file", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option("--threshold", type=click.Choice(["max", "p999"]), default="max", show_default=True,
+              help="Which calibration threshold sets int8_scale (p999 needs replay --int8-check).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file [default: stdout].")
+def scales(arrow_file, fmt, threshold, out) -> None:
+    """Export static per-site activation scales (INT-8 and FP8 E4M3) from a replay Arrow file.
+
+    The JSON also serves as VLLM_MAXACT_CALIBRATION for live INT-8 drift metrics in serving."""
+    import csv
+    import io
+    import json
+
+    from vllm_maxact.int8 import scales_document
+    from vllm_maxact.report import ReportError, load
+
+    try:
+        doc = scales_document(load(arrow_file), threshold=threshold, source=str(arrow_file))
+    except (ReportError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if fmt == "json":
+        text = json.dumps(doc, indent=1) + "\n"
+    else:
+        buf = io.StringIO()
+        cols = ["site", "kind", "layer", "absmax", "threshold_max", "threshold_p999", "int8_scale", "fp8_e4m3_scale"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for name, row in doc["sites"].items():
+            w.writerow({"site": name, **row})
+        text = buf.getvalue()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        from vllm_maxact.publish import write_atomic
+
+        try:
+            write_atomic(out, text.encode())
+        except OSError as e:
+            raise click.ClickException(f"cannot write {out}: {e}") from None
+        click.echo(f"{len(doc['sites'])} site scales -> {out}")
+
+
 if __name__ == "__main__":
     main()

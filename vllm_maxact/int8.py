@@ -98,3 +98,48 @@ def read_scales(path) -> dict[str, dict]:
 
 
 SCALES_FORMAT = "vllm-maxact-scales"
+
+
+def scales_document(table, *, threshold: str = "max", source: str | None = None) -> dict:
+    """Static per-site activation scales from a replay (or snapshot) table.
+
+    Every site gets ``threshold_max`` (the recorded max |x|; with --int8-check, the calibration
+    max), ``threshold_p999`` (with --int8-check), ``int8_scale`` = chosen threshold / 127 and
+    ``fp8_e4m3_scale`` = absmax / 448 (the scale that maps the range onto E4M3 without clipping).
+    """
+    import datetime as dt
+
+    from vllm_maxact.report import select_view
+
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {THRESHOLDS}, not {threshold!r}")
+    view = select_view(table)
+    rows = view.to_pylist()
+    has_p999 = "int8_p999_threshold" in view.column_names
+    if threshold == "p999" and not has_p999:
+        raise ValueError("p99.9 thresholds need a replay with --int8-check")
+    sites = {}
+    for r in rows:
+        if r["absmax"] is None:
+            continue
+        t_max = r.get("int8_threshold") or r["absmax"]
+        t_p = r.get("int8_p999_threshold") if has_p999 else None
+        chosen = t_p if threshold == "p999" else t_max
+        sites[r["site"]] = {
+            "kind": r["kind"], "layer": r["layer"], "absmax": r["absmax"],
+            "threshold_max": t_max, "threshold_p999": t_p,
+            "int8_scale": chosen / 127.0 if chosen else None,
+            "fp8_e4m3_scale": r["absmax"] / FP8_E4M3_MAX,
+            "int8_sqnr_db": r.get("int8_p999_sqnr_db" if threshold == "p999" else "int8_sqnr_db"),
+        }
+    first = rows[0] if rows else {}
+    return {
+        "format": SCALES_FORMAT,
+        "version": 1,
+        "model": first.get("model"),
+        "source": source,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quantization": {"dtype": "int8", "qmax": 127, "symmetric": True, "granularity": "per-tensor",
+                         "threshold": threshold, "rounding": "half-to-even"},
+        "sites": sites,
+    }

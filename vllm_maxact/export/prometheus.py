@@ -83,7 +83,14 @@ class MaxActCollector(Collector):
         info = GaugeMetricFamily(PREFIX + "info", "Recorder build information (value 1).",
                                  labels=["model_name", "architecture", "adapter", "plugin_version", "vllm_version",
                                          "tp_size", "pp_size"])
+        thr_g = GaugeMetricFamily(PREFIX + "int8_threshold", "Calibrated INT-8 threshold (scale = threshold / 127) "
+                                  "loaded from VLLM_MAXACT_CALIBRATION.", labels=SITE_LABELS)
+        clip_g = GaugeMetricFamily(PREFIX + "int8_clip_rate", "Fraction of recent-window values with |x| above the "
+                                   "calibrated INT-8 threshold.", labels=SITE_LABELS)
+        sqnr_g = GaugeMetricFamily(PREFIX + "int8_sqnr_db", "SQNR (dB) of recent-window values quantized to INT-8 "
+                                   "with the calibrated scale.", labels=SITE_LABELS)
         for model, group in sorted(by_model(payloads).items()):
+            self._int8(model, group, thr_g, clip_g, sqnr_g)
             gl, gw = None, None
             n_sites, tok_l, tok_w, last = 0, 0, 0, 0.0
             for stage in _stages(group):
@@ -125,7 +132,40 @@ class MaxActCollector(Collector):
                 wgmax.add_metric([model], gw)
         yield from g.values()
         yield from (nonfinite, tokens, window_tokens, gmax, wgmax, window_s, sites_g, updated, info)
+        yield from (thr_g, clip_g, sqnr_g)
         yield from self._status_metrics()
+
+    @staticmethod
+    def _int8(model, group, thr_g, clip_g, sqnr_g) -> None:
+        """Live drift against a loaded calibration: the first threshold column (calibration max)."""
+        import numpy as np
+
+        from vllm_maxact.int8 import figures
+        from vllm_maxact.sites import Kind
+
+        merged: dict[str, list] = {}
+        for p in sorted(group, key=lambda p: p.get("tp_rank", 0)):
+            q = p.get("int8")
+            if not q:
+                continue
+            acc, cnt = np.asarray(q["recent"]["acc"]), np.asarray(q["recent"]["cnt"])
+            for i, name in enumerate(p["sites"]):
+                if name not in merged:
+                    merged[name] = [q["thresholds"][i][0], acc[i, 0].copy(), cnt[i, 0].copy()]
+                elif Site.parse(name).kind == Kind.GATE:  # sharded across TP ranks: sums add up
+                    merged[name][1] += acc[i, 0]
+                    merged[name][2] += cnt[i, 0]
+        for name, (thr, acc, cnt) in merged.items():
+            if not thr:
+                continue
+            site = Site.parse(name)
+            labels = [model, site.kind.value, "" if site.layer is None else str(site.layer)]
+            thr_g.add_metric(labels, thr)
+            f = figures(acc, cnt)
+            if np.isfinite(f["clip_rate"]):
+                clip_g.add_metric(labels, float(f["clip_rate"]))
+            if np.isfinite(f["sqnr_db"]):
+                sqnr_g.add_metric(labels, float(f["sqnr_db"]))
 
     def _status_metrics(self) -> Iterator[Metric]:
         err = GaugeMetricFamily(PREFIX + "snapshot_error", "1 while Arrow snapshots cannot be written "
