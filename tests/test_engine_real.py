@@ -1,10 +1,11 @@
 """Real checkpoints (SmolLM2-135M-Instruct, Gemma-3-270m; GGUF converted to bf16): per-layer
-residual maxima and the global maximum recorded inside compiled vLLM agree with a
-transformers-hooks reference within 3% on a multi-domain prompt set."""
+residual maxima and the global maximum recorded inside compiled vLLM (bf16) agree with a
+transformers-hooks reference (float32) within 3% on a multi-domain prompt set."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import build_llm, close_llm, prompt_only, stats_by_site
 
 import vllm_maxact
@@ -31,7 +32,10 @@ def test_real_model_matches_reference(which, request, domain_texts):
         got = stats_by_site(vllm_maxact.read_stats(llm))
     finally:
         close_llm(llm)
-    ref = reference_stats(model_dir, toks)
+    # Reference in float32 (the bf16 checkpoints' weights are exact in it): transformers' own
+    # bf16 path rounds every residual add to bf16 and drifts ~5% from exact arithmetic at
+    # SmolLM2's last layers, while vLLM adds the residual in float32.
+    ref = reference_stats(model_dir, toks, dtype=torch.float32)
 
     residual = sorted((s for s in got if Site.parse(s).kind == Kind.RESIDUAL), key=lambda s: Site.parse(s).layer)
     assert len(residual) >= 18

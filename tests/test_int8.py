@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_maxact import ops
+from vllm_maxact import ops_int8 as ops
 from vllm_maxact.int8 import figures, percentile_from_hist
 from vllm_maxact.recorder import Recorder
 from vllm_maxact.sites import Kind, Site

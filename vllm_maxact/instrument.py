@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vllm_maxact import ops
+from vllm_maxact import ops, ops_int8
 from vllm_maxact.adapters import Adapter, Probe, find_adapter
 from vllm_maxact.config import MaxActConfig
 from vllm_maxact.recorder import Recorder
@@ -43,7 +43,7 @@ def _record(rec: Recorder, slot: int, x) -> None:
         return
     ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
     if rec.int8:
-        ops.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, slot, x)
+        ops_int8.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, slot, x)
 
 
 def _output_hook(rec: Recorder, slot: int, extract):

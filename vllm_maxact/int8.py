@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from vllm_maxact.ops import BINS_PER_OCTAVE, HIST_BINS, HIST_MIN_EXP
+from vllm_maxact.ops_int8 import BINS_PER_OCTAVE, HIST_BINS, HIST_MIN_EXP
 
 THRESHOLDS = ("max", "p999")
 FP16_MAX = 65504.0

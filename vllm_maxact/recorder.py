@@ -100,7 +100,7 @@ class Recorder(nn.Module):
         self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
         self.int8 = int8
         if int8:
-            from vllm_maxact.ops import HIST_BINS
+            from vllm_maxact.ops_int8 import HIST_BINS
 
             # Thresholds (max, p999) per site; accumulators of the reconstruction check; the
             # calibration histogram; the phase (0 off, 1 calibrate, 2 evaluate).

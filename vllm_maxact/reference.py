@@ -6,18 +6,22 @@ study's method (Hugging Face forward hooks, one sequence at a time) and reduces 
 activation inside its hook in float32, so nothing is stored.
 
 Where each site is, per decoder layer i (module names of Llama, Mistral, Qwen2, Qwen3,
-Qwen3-MoE, Mixtral, Gemma 1/2/3 in transformers):
+Qwen3-MoE, Qwen3-Next, Mixtral, Gemma 1/2/3, Phi-3, OLMo 2, DeepSeek V2/V3 and gpt-oss in
+transformers):
 
 - `layers.{i}.residual`: the decoder layer's output (output[0] if it returns a tuple), i.e.
   the residual stream after the layer (hidden + residual).
 - `layers.{i}.attn_out`: the `self_attn` module's output[0]: after o_proj, before any
-  post-attention norm (Gemma 2/3 norm it afterwards in the decoder layer).
+  post-attention norm (Gemma 2/3 and OLMo 2 norm it afterwards in the decoder layer); in hybrid
+  stacks (Qwen3-Next, Qwen3.5) the `linear_attn` module's output on linear-attention layers.
 - `layers.{i}.mlp_out`: the `mlp` (or `block_sparse_moe`) module's output; for MoE blocks the
   whole block's output; before any post-feedforward norm.
-- `layers.{i}.gate`: `mlp.gate_proj` output, before the activation (dense MLPs only: fused
+- `layers.{i}.gate`: `mlp.gate_proj` output, before the activation, or the first half of
+  `mlp.gate_up_proj`'s output where the projection is merged (Phi-3) (dense MLPs only: fused
   MoE experts have no per-expert module to hook).
-- `layers.{i}.router`: the MoE block's `gate` module output (output[0] when the router
-  returns `(logits, scores, indices)` as transformers 5 does): the router logits.
+- `layers.{i}.router`: the MoE block's `gate` (gpt-oss: `router`) module output (output[0]
+  when the router returns `(logits, scores, indices)` as transformers 5 does): the router
+  logits.
 - `embedding`: `embed_tokens` output including the embedding scale. Gemma 1/2/3 scale by
   sqrt(hidden_size). In transformers 5 the scale lives inside the embedding module
   (`*ScaledWordEmbedding`, which has an `embed_scale` buffer), so the hook sees it; older
@@ -78,6 +82,11 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def _gate_half(output: Any) -> torch.Tensor:
+    x = _first(output)
+    return x[..., : x.shape[-1] // 2]
+
+
 def _find_base_model(model: nn.Module) -> nn.Module:
     """The module holding `embed_tokens`, `layers` and `norm` (the decoder stack)."""
     for _, module in model.named_modules():
@@ -123,6 +132,8 @@ def site_modules(model: nn.Module) -> list[tuple[str, nn.Module, Callable[[Any],
     for i, layer in enumerate(base.layers):
         sites.append((Site(Kind.RESIDUAL, i).name, layer, _first))
         attn = getattr(layer, "self_attn", None)
+        if attn is None:  # hybrid stacks (Qwen3-Next, Qwen3.5): a linear-attention layer
+            attn = getattr(layer, "linear_attn", None)
         if attn is not None:
             sites.append((Site(Kind.ATTN_OUT, i).name, attn, _first))
         mlp = getattr(layer, "mlp", None)
@@ -132,11 +143,17 @@ def site_modules(model: nn.Module) -> list[tuple[str, nn.Module, Callable[[Any],
             continue
         sites.append((Site(Kind.MLP_OUT, i).name, mlp, _first))
         gate_proj = getattr(mlp, "gate_proj", None)
+        gate_up_proj = getattr(mlp, "gate_up_proj", None)
         if isinstance(gate_proj, nn.Module):
             sites.append((Site(Kind.GATE, i).name, gate_proj, _first))
-        router = getattr(mlp, "gate", None)
-        if isinstance(router, nn.Module) and hasattr(mlp, "experts"):  # MoE block: `gate` is the router
-            sites.append((Site(Kind.ROUTER, i).name, router, _first))
+        elif isinstance(gate_up_proj, nn.Module):  # Phi-3's merged projection: gate half first
+            sites.append((Site(Kind.GATE, i).name, gate_up_proj, _gate_half))
+        if hasattr(mlp, "experts"):  # MoE block: `gate` (gpt-oss: `router`) is the router
+            router = getattr(mlp, "gate", None)
+            if not isinstance(router, nn.Module):
+                router = getattr(mlp, "router", None)
+            if isinstance(router, nn.Module):
+                sites.append((Site(Kind.ROUTER, i).name, router, _first))
 
     sites.append((Site(Kind.FINAL_NORM).name, base.norm, _first))
     return sites
@@ -191,3 +208,45 @@ def global_absmax(stats: dict[str, SiteStats]) -> float:
         (s.absmax for name, s in stats.items() if Site.parse(name).kind in GLOBAL_KINDS and s.tokens),
         default=0.0,
     )
+
+
+@torch.inference_mode()
+def int8_reference(
+    model_dir: str, calib: list[list[int]], evals: list[list[int]], *, kind: str = "residual",
+    dtype: torch.dtype = torch.bfloat16,
+) -> dict[str, dict[str, float]]:
+    """The study's INT-8 check in float64 NumPy over captured activations of one site kind:
+    thresholds from the calibration split (max |x| and exact 99.9th percentile), figures on the
+    evaluation split. Returns site -> {threshold_max, threshold_p999, sqnr_db, p999_sqnr_db, ...}."""
+    import numpy as np
+
+    model = load_model(model_dir, dtype=dtype)
+    mods = [(n, m, g) for n, m, g in site_modules(model) if Site.parse(n).kind.value == kind]
+
+    def capture(token_lists: list[list[int]]) -> dict[str, np.ndarray]:
+        store: dict[str, list[np.ndarray]] = {n: [] for n, _, _ in mods}
+        handles = [m.register_forward_hook(
+            lambda _m, _a, out, n=n, g=g: store[n].append(g(out).float().reshape(-1).numpy()))
+            for n, m, g in mods]
+        try:
+            for ids in token_lists:
+                model(input_ids=torch.tensor([ids]), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: np.concatenate(v).astype(np.float64) for n, v in store.items()}
+
+    cal, ev = capture(calib), capture(evals)
+    out = {}
+    for name in cal:
+        a = np.abs(cal[name])
+        res: dict[str, float] = {"threshold_max": float(a.max()), "threshold_p999": float(np.percentile(a, 99.9))}
+        x = ev[name]
+        for prefix, thr in (("", res["threshold_max"]), ("p999_", res["threshold_p999"])):
+            scale = thr / 127.0
+            err = x - np.clip(np.round(x / scale), -127, 127) * scale
+            res[prefix + "sqnr_db"] = float(10 * np.log10((x**2).sum() / (err**2).sum()))
+            res[prefix + "rel_rmse"] = float(np.sqrt((err**2).sum() / (x**2).sum()))
+            res[prefix + "clip_rate"] = float((np.abs(x) > thr).mean())
+        out[name] = res
+    return out

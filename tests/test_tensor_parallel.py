@@ -1,0 +1,40 @@
+"""Tensor parallel 2 on the CPU build: every rank records its own replica (the gate is sharded),
+rows merged by max equal the TP=1 engine's on the same prompts, and per-rank rows are kept."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import build_llm, close_llm, prompt_only, stats_by_site
+from test_engine_families import close, token_lists
+
+import vllm_maxact
+
+pytestmark = pytest.mark.slow
+
+
+def run(model: str, **kw):
+    llm = build_llm(model, **kw)
+    try:
+        vllm_maxact.reset_stats(llm)
+        prompt_only(llm, token_lists(1))
+        return vllm_maxact.read_stats(llm, per_rank=True)
+    finally:
+        close_llm(llm)
+
+
+def test_tp2_matches_tp1(tiny_factory, monkeypatch):
+    model = tiny_factory("llama")
+    one = stats_by_site(run(model))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank (one NUMA node here)
+    table = run(model, tensor_parallel_size=2)
+    two = stats_by_site(table)
+    assert set(one) == set(two)
+    bad = [f"{s}.{k}: tp2 {two[s][k]:.5g} vs tp1 {one[s][k]:.5g}"
+           for s in one for k in ("max", "min", "absmax") if not close(two[s][k], one[s][k])]
+    assert not bad, "\n".join(bad)
+    assert all(two[s]["tokens"] == one[s]["tokens"] for s in one)
+    ranks = {r["rank"] for r in table.to_pylist() if r["rank"] is not None}
+    assert ranks == {0, 1}
+    gate = [r for r in table.to_pylist() if r["site"] == "layers.0.gate" and r["rank"] is not None]
+    # Each rank holds half of the gate's columns: the merged max is the larger of the two.
+    assert max(r["max"] for r in gate) == two["layers.0.gate"]["max"]
