@@ -23,11 +23,29 @@ pytestmark = pytest.mark.slow
 PUBLISH_S = 0.5
 
 
+def calibration(model_dir: str, texts: list[str], path) -> None:
+    """A scales file whose thresholds are half the reference maxima on a few prompts, so live
+    traffic clips: the clip-rate panels get data and the clip-rate alert must fire."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from vllm_maxact.int8 import SCALES_FORMAT
+    from vllm_maxact.reference import reference_stats
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ref = reference_stats(model_dir, [tok(t).input_ids[:128] for t in texts[:4]])
+    sites = {n: {"threshold_max": 0.5 * s.absmax, "threshold_p999": None} for n, s in ref.items() if s.absmax}
+    path.write_text(json.dumps({"format": SCALES_FORMAT, "version": 1, "sites": sites}))
+
+
 @pytest.fixture(scope="module")
-def server(smollm2_dir, tmp_path_factory):
+def server(smollm2_dir, tmp_path_factory, domain_texts):
     work = tmp_path_factory.mktemp("serve")
     snaps = work / "snapshots"
+    calibration(smollm2_dir, [t for _, t in domain_texts], work / "scales.json")
     srv = VllmServer(smollm2_dir, work, env={
+        "VLLM_MAXACT_CALIBRATION": str(work / "scales.json"),
         "VLLM_MAXACT_SNAPSHOT_DIR": str(snaps),
         "VLLM_MAXACT_SNAPSHOT_INTERVAL_S": "1",
         "VLLM_MAXACT_SNAPSHOT_RETAIN": "5",
@@ -131,6 +149,49 @@ def test_snapshot_schema_and_retention(server, traffic):
     assert {"timestamp", "model", "vllm_version", "plugin_version", "site", "kind", "layer", "rank",
             "absmax", "max", "min", "tokens", "nan_count", "inf_count"} <= set(t.column_names)
     assert t.filter(t["rank"].is_valid())["rank"].to_pylist()[0] == 0  # per-rank rows kept
+
+
+def panel_queries() -> dict[str, str]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "grafana"))
+    import build_dashboard
+
+    subst = {"$model_name": "smollm2", "$kind": ".*", "$layer": ".*"}
+    out = {}
+    for title, expr in build_dashboard.QUERIES.items():
+        for k, v in subst.items():
+            expr = expr.replace(k, v)
+        out[title] = expr
+    return out
+
+
+def test_every_dashboard_panel_has_data(server, prometheus, traffic):
+    from openai import OpenAI
+
+    OpenAI(base_url=server.url + "/v1", api_key="unused").completions.create(
+        model=server.name, prompt="The recent window needs fresh traffic: " * 8, max_tokens=4)
+    time.sleep(4 * PUBLISH_S + 3)
+    empty = [title for title, expr in panel_queries().items() if not prometheus.query(expr)]
+    assert not empty, f"panels without data: {empty}"
+    # Live drift against the (deliberately tight) calibration.
+    clip = prometheus.query('max(vllm_maxact_int8_clip_rate{model_name="smollm2"})')
+    assert float(clip[0]["value"][1]) > 0
+
+
+def test_alert_states(server, prometheus, traffic):
+    deadline = time.time() + 40
+    firing: set[str] = set()
+    while time.time() < deadline:
+        firing = {a["labels"]["alertname"] for a in prometheus.alerts() if a["state"] == "firing"}
+        if "VllmMaxactInt8ClipRateHigh" in firing:
+            break
+        time.sleep(2)
+    assert "VllmMaxactInt8ClipRateHigh" in firing  # traffic exceeds the calibrated range
+    # SmolLM2 peaks near 3e4: below fp16's limit; no NaN/Inf; live data; snapshots written.
+    assert not firing & {"VllmMaxactNonFiniteActivations", "VllmMaxactFp16Overflow",
+                         "VllmMaxactFp16OverflowLifetime", "VllmMaxactNoData", "VllmMaxactSnapshotFailing"}
 
 
 def test_kill_9_mid_snapshot_leaves_complete_files(server, traffic):

@@ -92,7 +92,7 @@ def int8_dict(rec: Recorder) -> dict[str, Any]:
     recent = rec.int8_recent()
     return {
         "int8": {
-            "thresholds": rec.qthr.cpu().tolist(),
+            "thresholds": rec.qthr_host.tolist(),
             "lifetime": {"acc": rec.int8_lifetime[0].tolist(), "cnt": rec.int8_lifetime[1].tolist()},
             "recent": {"acc": recent[0].tolist(), "cnt": recent[1].tolist()},
             "window": {"acc": rec.int8_last[0].tolist(), "cnt": rec.int8_last[1].tolist()},

@@ -112,6 +112,7 @@ class Recorder(nn.Module):
             self.int8_lifetime = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
             self.int8_windows: collections.deque = collections.deque()
             self.int8_last = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
+            self.qthr_host = np.zeros((n, 2), np.float32)  # never read the device from a side thread
         self._arm()
         self._live = False
         self.window_s = window_s
@@ -191,7 +192,8 @@ class Recorder(nn.Module):
     def set_int8(self, mode: int, thresholds: np.ndarray | None = None, clear_hist: bool = False) -> None:
         """Switch the INT-8 phase; called between steps (worker thread)."""
         if thresholds is not None:
-            self.qthr.copy_(torch.as_tensor(np.asarray(thresholds, dtype=np.float32)))
+            self.qthr_host = np.asarray(thresholds, dtype=np.float32).reshape(len(self.sites), 2)
+            self.qthr.copy_(torch.as_tensor(self.qthr_host))
         if clear_hist:
             self.qhist.zero_()
         self.qmode.fill_(mode)
