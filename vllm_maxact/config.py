@@ -17,18 +17,10 @@ import tomllib
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vllm_maxact.sites import Kind
+from vllm_maxact.sites import KIND_ORDER, Kind
 
 ENV_PREFIX = "VLLM_MAXACT_"
-DEFAULT_KINDS = (
-    Kind.EMBEDDING,
-    Kind.RESIDUAL,
-    Kind.ATTN_OUT,
-    Kind.MLP_OUT,
-    Kind.GATE,
-    Kind.ROUTER,
-    Kind.FINAL_NORM,
-)
+DEFAULT_KINDS = tuple(KIND_ORDER)
 
 
 class ConfigError(ValueError):
