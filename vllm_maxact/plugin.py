@@ -76,6 +76,10 @@ def register() -> None:
     when_imported("vllm.config.vllm", _patch_compile_hash)
     when_imported("vllm.v1.worker.gpu_model_runner", lambda m: _patch_runner(m.GPUModelRunner))
     when_imported("vllm.v1.worker.cpu_model_runner", lambda m: _patch_runner(m.CPUModelRunner))
+    # vLLM's second-generation runner (the default for dense models on GPUs from 0.26).
+    when_imported("vllm.v1.worker.gpu.model_runner", lambda m: _patch_runner(m.GPUModelRunner))
+    when_imported("vllm.v1.worker.gpu_worker", lambda m: _patch_worker(m.Worker))
+    when_imported("vllm.v1.worker.cpu_worker", lambda m: _patch_worker(m.CPUWorker))
     when_imported("vllm.v1.worker.worker_base", lambda m: _add_worker_methods(m.WorkerBase))
     from vllm_maxact.export import prometheus
 
@@ -132,7 +136,8 @@ def _patch_runner(cls: type) -> None:
         @functools.wraps(original_exec)
         def execute_model(self, scheduler_output, *args, **kwargs):
             rec = getattr(self, "_maxact_recorder", None)
-            if rec is None:
+            if rec is None or kwargs.get("dummy_run"):
+                # Dummy runs (profiling, graph capture) carry fake tokens: n_valid stays 0.
                 return original_exec(self, scheduler_output, *args, **kwargs)
             pub = self._maxact_publisher
             with pub.lock:
@@ -144,6 +149,26 @@ def _patch_runner(cls: type) -> None:
                     pub.after_step()
 
         cls.execute_model = execute_model
+
+
+def _patch_worker(cls: type) -> None:
+    """Warm-up may run whole fake steps through execute_model (the V2 runner does): forget
+    everything recorded before the worker reports ready, and re-arm at the first real step."""
+    if _PATCHED in cls.__dict__ or "compile_or_warm_up_model" not in cls.__dict__:
+        return
+    setattr(cls, _PATCHED, True)
+    original = cls.compile_or_warm_up_model
+
+    @functools.wraps(original)
+    def compile_or_warm_up_model(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        rec = getattr(getattr(self, "model_runner", None), "_maxact_recorder", None)
+        if rec is not None:
+            rec.reset()
+            rec._live = False
+        return out
+
+    cls.compile_or_warm_up_model = compile_or_warm_up_model
 
 
 def _attach(runner) -> None:
