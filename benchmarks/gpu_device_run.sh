@@ -28,9 +28,11 @@ for spec in "${specs[@]}"; do
     cp benchmarks/variants/"$variant"/*.py "$HOME/var_$label/vllm_maxact/"
     path=$HOME/var_$label:$HOME/site
   fi
+  fb=()
+  if [ "$variant" != tree ]; then fb=(--fallback-path "$HOME/site"); fi  # the tree's package
   echo "== $label: variant $variant on GPU $gpu, PYTHONPATH=$path"
   CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$path VLLM_CACHE_ROOT=$HOME/vcache_$label \
-    timeout "$LIMIT" python3 benchmarks/gpu_overhead.py --out "$OUT" --label "$label" "${extra[@]}" \
+    timeout "$LIMIT" python3 benchmarks/gpu_overhead.py --out "$OUT" --label "$label" "${fb[@]}" "${extra[@]}" \
     > "$OUT/$label.log" 2>&1 &
   pids+=($!)
 done

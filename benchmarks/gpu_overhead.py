@@ -9,11 +9,12 @@ compilation and CUDA graphs. Workloads alternate plain / instrumented per repeti
 ...), after one untimed warm-up of each engine on each workload; medians and the ratio
 instrumented / plain are reported.
 
-Then correctness: the weights are overwritten with realistic random values (the same seed in
-every engine) with a few massive residual channels, and the same prompts run through the
-instrumented graphs-on engine and a third engine with ``enforce_eager=True`` and the plugin
-on, which also carries an independent float64 "truth" recorder (plain forward hooks). Every
-site's max / min / absmax is compared, and token counts.
+Correctness (run first, so that a time limit cannot cut it): the weights are overwritten with
+realistic random values (the same seed in every engine) with a few massive residual channels,
+and the same prompts run through the instrumented graphs-on engine and a third engine with
+``enforce_eager=True`` and the plugin on, which also carries an independent float64 "truth"
+recorder (plain forward hooks). Every site's max / min / absmax is compared, and token counts.
+At most two engines are alive at once: instrumented + eager, then instrumented + plain.
 
 GPU (see benchmarks/RESULTS.md for the exact command used):
     python benchmarks/gpu_overhead.py --out results/
@@ -74,8 +75,14 @@ def log(msg: str) -> None:
 def gpu_info() -> dict:
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.mem",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=20,
+            [
+                "nvidia-smi",
+                "--query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.mem",
+                "--format=csv,noheader",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
         ).stdout.strip()
         return {"nvidia_smi": out}
     except Exception as e:  # CPU dry run
@@ -100,8 +107,12 @@ def make_prompts(rng, batch: int, length: int) -> list[dict]:
 def gpu_used_mib() -> float | None:
     dev = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     try:
-        out = subprocess.run(["nvidia-smi", "-i", dev, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "-i", dev, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
         return float(out.strip().splitlines()[0])
     except Exception:  # noqa: BLE001  (CPU dry run)
         return None
@@ -133,8 +144,10 @@ class Bench:
         pkg = Path(__import__("vllm_maxact").__file__).parent
         self.results: dict = {
             "label": args.label,
-            "package": {str(p.relative_to(pkg)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-                        for p in sorted(pkg.rglob("*.py"))},
+            "package": {
+                str(p.relative_to(pkg)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+                for p in sorted(pkg.rglob("*.py"))
+            },
             "started": dt.datetime.now(dt.timezone.utc).isoformat(),
             "argv": sys.argv,
             "model": str(args.model),
@@ -193,8 +206,9 @@ class Bench:
     def run_once(self, llm, prompts, out_len: int) -> dict:
         from vllm import SamplingParams
 
-        sp = SamplingParams(max_tokens=out_len, min_tokens=out_len, ignore_eos=True, temperature=0.0,
-                            detokenize=False)
+        sp = SamplingParams(
+            max_tokens=out_len, min_tokens=out_len, ignore_eos=True, temperature=0.0, detokenize=False
+        )
         t0 = time.perf_counter()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         secs = time.perf_counter() - t0
@@ -210,8 +224,13 @@ class Bench:
             workloads = [w for w in workloads if w[0] in self.args.workloads.split(",")]
         for wi, (name, batch, plen, olen, metric) in enumerate(workloads):
             rng = np.random.default_rng(1000 + wi)
-            entry = {"batch": batch, "prompt_len": plen, "output_len": olen, "metric": metric,
-                     "runs": {k: [] for k in engines}}
+            entry = {
+                "batch": batch,
+                "prompt_len": plen,
+                "output_len": olen,
+                "metric": metric,
+                "runs": {k: [] for k in engines},
+            }
             self.results["workloads"][name] = entry
             warm = make_prompts(rng, batch, plen)
             for label, llm in engines.items():
@@ -225,7 +244,9 @@ class Bench:
                     toks = r["output_tokens"] if metric == "output" else r["prompt_tokens"]
                     r["tok_per_s"] = toks / r["seconds"]
                     entry["runs"][label].append(r)
-                    log(f"{name} rep {rep} {label}: {r['tok_per_s']:.1f} {metric} tok/s ({r['seconds']:.2f} s)")
+                    log(
+                        f"{name} rep {rep} {label}: {r['tok_per_s']:.1f} {metric} tok/s ({r['seconds']:.2f} s)"
+                    )
             med = {k: statistics.median(x["tok_per_s"] for x in v) for k, v in entry["runs"].items()}
             entry["median_tok_per_s"] = med
             if "plain" in med and "maxact" in med:
@@ -235,7 +256,9 @@ class Bench:
                     b["tok_per_s"] / a["tok_per_s"]
                     for a, b in zip(entry["runs"]["plain"], entry["runs"]["maxact"], strict=True)
                 ]
-                log(f"{name}: median plain {med['plain']:.1f}, maxact {med['maxact']:.1f}, ratio {entry['ratio']:.4f}")
+                log(
+                    f"{name}: median plain {med['plain']:.1f}, maxact {med['maxact']:.1f}, ratio {entry['ratio']:.4f}"
+                )
             self.save()
 
     # -- correctness
@@ -271,26 +294,35 @@ class Bench:
                 for n, o in zip(mixed_lens, mixed_out, strict=True)
             ],
             "decode": [
-                ({"prompt_token_ids": rng.integers(*TOKEN_RANGE, size=int(rng.integers(1, 9))).tolist()}, dec_out)
+                (
+                    {"prompt_token_ids": rng.integers(*TOKEN_RANGE, size=int(rng.integers(1, 9))).tolist()},
+                    dec_out,
+                )
                 for _ in range(dec_n)
             ],
         }
         from vllm import SamplingParams
 
         def sampling(o: int) -> SamplingParams:
-            return SamplingParams(max_tokens=o, min_tokens=o, ignore_eos=True, temperature=0.0, detokenize=False)
+            return SamplingParams(
+                max_tokens=o, min_tokens=o, ignore_eos=True, temperature=0.0, detokenize=False
+            )
 
         for phase, reqs in phases.items():
             for llm in (graph_llm, eager_llm):
                 if phase in pre:
-                    llm.generate([r[0] for r in pre[phase]], [sampling(o) for _, o in pre[phase]], use_tqdm=False)
+                    llm.generate(
+                        [r[0] for r in pre[phase]], [sampling(o) for _, o in pre[phase]], use_tqdm=False
+                    )
                 reset_stats(llm)
             eager_llm.apply_model(reset_truth)
             prompts = [r[0] for r in reqs]
             sps = [sampling(o) for _, o in reqs]
             outs = {}
             for label, llm in (("graph", graph_llm), ("eager", eager_llm)):
-                outs[label] = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, sps, use_tqdm=False)]
+                outs[label] = [
+                    list(o.outputs[0].token_ids) for o in llm.generate(prompts, sps, use_tqdm=False)
+                ]
             tables = {"graph": read_stats(graph_llm).to_pylist(), "eager": read_stats(eager_llm).to_pylist()}
             truth = eager_llm.apply_model(read_truth)[0]
             res[phase] = compare(tables, truth, outs, reqs)
@@ -319,14 +351,21 @@ def compare(tables: dict, truth: dict, outs: dict, reqs: list) -> dict:
             r = src.get(name)
             row[f"{label}_max"], row[f"{label}_min"] = (r["max"], r["min"]) if r else (None, None)
             row[f"{label}_absmax"] = r["absmax"] if r else None
-        row["graph_vs_eager"] = max(rel(row["graph_max"], row["eager_max"]), rel(row["graph_min"], row["eager_min"]),
-                                    rel(row["graph_absmax"], row["eager_absmax"]))
-        row["eager_vs_truth"] = max(rel(row["eager_max"], tmx), rel(row["eager_min"], tmn),
-                                    rel(row["eager_absmax"], tabs))
-        row["graph_vs_truth"] = max(rel(row["graph_max"], tmx), rel(row["graph_min"], tmn),
-                                    rel(row["graph_absmax"], tabs))
+        row["graph_vs_eager"] = max(
+            rel(row["graph_max"], row["eager_max"]),
+            rel(row["graph_min"], row["eager_min"]),
+            rel(row["graph_absmax"], row["eager_absmax"]),
+        )
+        row["eager_vs_truth"] = max(
+            rel(row["eager_max"], tmx), rel(row["eager_min"], tmn), rel(row["eager_absmax"], tabs)
+        )
+        row["graph_vs_truth"] = max(
+            rel(row["graph_max"], tmx), rel(row["graph_min"], tmn), rel(row["graph_absmax"], tabs)
+        )
         sites.append(row)
-    computed = sum(len(r[0]["prompt_token_ids"]) + o - 1 for r, o in zip(reqs, [x[1] for x in reqs], strict=True))
+    computed = sum(
+        len(r[0]["prompt_token_ids"]) + o - 1 for r, o in zip(reqs, [x[1] for x in reqs], strict=True)
+    )
     tok = {
         "graph": tables["graph"][0]["tokens"] if tables["graph"] else None,
         "eager": tables["eager"][0]["tokens"] if tables["eager"] else None,
@@ -355,25 +394,35 @@ def compare(tables: dict, truth: dict, outs: dict, reqs: list) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"### {res['label']}", "", f"GPU: {res['gpu'].get('nvidia_smi')}", ""]
     for name, eng in res["engines"].items():
-        lines.append(f"- engine `{name}`: plugin {'on' if eng['enable'] else 'off'}, "
-                     f"enforce_eager={eng['enforce_eager']}, start-up {eng['startup_s']:.0f} s")
-    lines += ["", "| workload | metric | plain tok/s (median) | maxact tok/s (median) | maxact / plain | per-pair ratios |",
-              "| --- | --- | ---: | ---: | ---: | --- |"]
+        lines.append(
+            f"- engine `{name}`: plugin {'on' if eng['enable'] else 'off'}, "
+            f"enforce_eager={eng['enforce_eager']}, start-up {eng['startup_s']:.0f} s"
+        )
+    lines += [
+        "",
+        "| workload | metric | plain tok/s (median) | maxact tok/s (median) | maxact / plain | per-pair ratios |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
     for name, w in res["workloads"].items():
         med = w.get("median_tok_per_s", {})
         if "ratio" not in w:
             continue
         pairs = ", ".join(f"{x:.3f}" for x in w["pair_ratios"])
-        lines.append(f"| {name} (batch {w['batch']}, {w['prompt_len']}/{w['output_len']}) | {w['metric']} | "
-                     f"{med['plain']:.1f} | {med['maxact']:.1f} | {w['ratio']:.4f} | {pairs} |")
+        lines.append(
+            f"| {name} (batch {w['batch']}, {w['prompt_len']}/{w['output_len']}) | {w['metric']} | "
+            f"{med['plain']:.1f} | {med['maxact']:.1f} | {w['ratio']:.4f} | {pairs} |"
+        )
     for phase, c in res["correctness"].items():
         if isinstance(c, dict) and "summary" in c:
             s = c["summary"]
-            lines += ["", f"correctness `{phase}`: {s['sites']} sites, graph vs eager max rel "
-                      f"{s['graph_vs_eager_max_rel']:.3g} (median {s['graph_vs_eager_median_rel']:.3g}, "
-                      f"{s['graph_vs_eager_exact_sites']} exact), eager vs truth max rel {s['eager_vs_truth_max_rel']:.3g}, "
-                      f"graph vs truth max rel {s['graph_vs_truth_max_rel']:.3g}, tokens {s['tokens']}, "
-                      f"global absmax {s['global_absmax_truth']:.4g}"]
+            lines += [
+                "",
+                f"correctness `{phase}`: {s['sites']} sites, graph vs eager max rel "
+                f"{s['graph_vs_eager_max_rel']:.3g} (median {s['graph_vs_eager_median_rel']:.3g}, "
+                f"{s['graph_vs_eager_exact_sites']} exact), eager vs truth max rel {s['eager_vs_truth_max_rel']:.3g}, "
+                f"graph vs truth max rel {s['graph_vs_truth_max_rel']:.3g}, tokens {s['tokens']}, "
+                f"global absmax {s['global_absmax_truth']:.4g}",
+            ]
     if res.get("errors"):
         lines += ["", "errors:"] + [f"- {e.splitlines()[-1] if e else e}" for e in res["errors"]]
     return "\n".join(lines) + "\n"
@@ -381,7 +430,9 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="folder with config.json (dummy weights)")
+    ap.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="folder with config.json (dummy weights)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--label", default="gpu_overhead")
     ap.add_argument("--reps", type=int, default=3)
@@ -391,8 +442,17 @@ def main() -> None:
     ap.add_argument("--workloads", default="", help="comma-separated subset of workload names")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-correctness", action="store_true")
-    ap.add_argument("--v2-runner", action="store_true",
-                    help="leave vLLM's model-runner choice alone (0.26 picks the V2 runner for dense models)")
+    ap.add_argument(
+        "--fallback-path",
+        type=Path,
+        default=None,
+        help="folder with a vllm_maxact package to use if the instrumented engine fails to build",
+    )
+    ap.add_argument(
+        "--v2-runner",
+        action="store_true",
+        help="leave vLLM's model-runner choice alone (0.26 picks the V2 runner for dense models)",
+    )
     args = ap.parse_args()
 
     # Spawned engine processes read VLLM_MAXACT_ENABLE afresh (a forked one would inherit this
@@ -414,15 +474,42 @@ def main() -> None:
     bench.results["byte_floor"] = byte_floor(cfg)
     bench.save()
 
+    # Correctness first (it is the part a time limit must not cut), with at most two engines
+    # alive at once: instrumented + eager reference, then instrumented + plain for the timing.
     plain = maxact = eager = None
     try:
+        try:
+            maxact = bench.build("maxact", enable=True)
+        except Exception:
+            if not args.fallback_path:
+                raise
+            # An experimental variant that does not build must not cost the whole run: the
+            # spawned engine process takes this process's sys.path.
+            bench.results["errors"].append(traceback.format_exc())
+            bench.results["fallback"] = str(args.fallback_path)
+            log(f"maxact engine failed; falling back to {args.fallback_path}")
+            sys.path.insert(0, str(args.fallback_path))
+            maxact = bench.build("maxact", enable=True)
+        checks = bench.results["checks"]
+        checks["maxact_has_recorder"] = maxact.apply_model(has_recorder)
+        checks["maxact_records"] = bench.recording(maxact)
+        bench.save()
+        if not args.skip_correctness:
+            try:
+                eager = bench.build("maxact_eager", enable=True, eager=True)
+                checks["eager_records"] = bench.recording(eager)
+                bench.correctness(maxact, eager)
+            except Exception:
+                bench.results["errors"].append(traceback.format_exc())
+                log(traceback.format_exc())
+                bench.save()
+            finally:
+                if eager is not None:
+                    shutdown(eager)
+                    eager = None
         if not args.skip_timing:
             plain = bench.build("plain", enable=False)
-            maxact = bench.build("maxact", enable=True)
-            checks = bench.results["checks"]
             checks["plain_has_recorder"] = plain.apply_model(has_recorder)
-            checks["maxact_has_recorder"] = maxact.apply_model(has_recorder)
-            checks["maxact_records"] = bench.recording(maxact)
             log(f"checks: {checks}")
             bench.save()
             if any(checks["plain_has_recorder"]) or not all(checks["maxact_has_recorder"]):
@@ -439,25 +526,10 @@ def main() -> None:
     except Exception:
         bench.results["errors"].append(traceback.format_exc())
         log(traceback.format_exc())
-        bench.save()
-    finally:
-        if plain is not None:
-            shutdown(plain)
-            plain = None
-    if not args.skip_correctness:
-        try:
-            if maxact is None:
-                maxact = bench.build("maxact", enable=True)
-            eager = bench.build("maxact_eager", enable=True, eager=True)
-            bench.results["checks"]["eager_records"] = bench.recording(eager)
-            bench.correctness(maxact, eager)
-        except Exception:
-            bench.results["errors"].append(traceback.format_exc())
-            log(traceback.format_exc())
     bench.results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     bench.save()
     print(markdown(bench.results), flush=True)
-    for llm in (maxact, eager):
+    for llm in (plain, maxact):
         if llm is not None:
             shutdown(llm)
 

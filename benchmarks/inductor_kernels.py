@@ -9,6 +9,10 @@ in order: Triton kernels by name (``triton_red_fused_..._amax_...``: a reduction
 fused from the ops named), library calls (``extern_kernels.mm`` ...) and custom ops. A recording
 site that fused into an existing kernel shows up as that kernel's name gaining ``amax``/``isnan``
 rather than as a new launch.
+
+Caveat (vLLM 0.26 on the H200): vLLM's AOT compile cache keeps the model's compiled pieces in
+a binary format, so under a ``VLLM_CACHE_ROOT`` this finds only small side graphs (sampler).
+Point it at a plain ``TORCHINDUCTOR_CACHE_DIR`` instead (e.g. the micro-benchmark's).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-LAUNCH = re.compile(r"^\s+(?:(triton_\w+)\.run\(|(cpp_fused_\w+)\(|(extern_kernels\.\w+)\(|(torch\.ops\.[\w.]+)\()")
+LAUNCH = re.compile(
+    r"^\s+(?:(triton_\w+)\.run\(|(cpp_fused_\w+)\(|(extern_kernels\.\w+)\(|(torch\.ops\.[\w.]+)\()"
+)
 
 
 def call_launches(text: str) -> list[str]:

@@ -96,9 +96,7 @@ def install_truth(model) -> int:
     for i, p in enumerate(probes):
         emb = p.site.kind.value == "embedding"
         if p.on == "output":
-            p.module.register_forward_hook(
-                lambda m, a, o, i=i, p=p, emb=emb: update(i, p.extract(o), emb)
-            )
+            p.module.register_forward_hook(lambda m, a, o, i=i, p=p, emb=emb: update(i, p.extract(o), emb))
         else:
             p.module.register_forward_pre_hook(
                 lambda m, a, k, i=i, p=p, emb=emb: update(i, p.extract(a, k), emb), with_kwargs=True
