@@ -43,7 +43,8 @@ def _record(rec: Recorder, slot: int, x) -> None:
         return
     ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
     if rec.int8:
-        ops_int8.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, slot, x)
+        ops_int8.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, slot, x,
+                             with_hist=rec.int8_hist)
 
 
 def _output_hook(rec: Recorder, slot: int, extract):
@@ -93,7 +94,8 @@ def instrument(
         if p.site in seen:
             raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
         seen.add(p.site)
-    rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled)
+    rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
+                   int8_hist=cfg.int8_check)
     if cfg.calibration is not None:
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name

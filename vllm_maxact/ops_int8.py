@@ -20,7 +20,7 @@ QMAX = 127.0
 
 def record_int8(
     qthr: torch.Tensor, qacc: torch.Tensor, qcnt: torch.Tensor, qhist: torch.Tensor, qmode: torch.Tensor,
-    n_valid: torch.Tensor, slot: int, x: torch.Tensor,
+    n_valid: torch.Tensor, slot: int, x: torch.Tensor, with_hist: bool = True,
 ) -> None:
     """Per-tensor symmetric INT-8 round trip of ``x`` at thresholds ``qthr[slot]`` (one per
     column), accumulated on the device: no activation leaves it.
@@ -34,11 +34,11 @@ def record_int8(
     keep = (rows < n_valid).unsqueeze(1) & torch.isfinite(x2)
     xs = torch.where(keep, x2, 0.0)
     a = xs.abs()
-    # Calibration histogram.
-    b = torch.floor((torch.log2(a) - HIST_MIN_EXP) * BINS_PER_OCTAVE).clamp(0, HIST_BINS - 2) + 1
-    b = torch.where(a > 0, b, 0.0).long()
-    w = (keep & (qmode == 1)).long()
-    qhist[slot].index_add_(0, b.flatten(), w.flatten())
+    if with_hist:  # a Python constant: live drift (no calibration phase) traces no histogram
+        b = torch.floor((torch.log2(a) - HIST_MIN_EXP) * BINS_PER_OCTAVE).clamp(0, HIST_BINS - 2) + 1
+        b = torch.where(a > 0, b, 0.0).long()
+        w = (keep & (qmode == 1)).long()
+        qhist[slot].index_add_(0, b.flatten(), w.flatten())
     # Reconstruction error at each threshold.
     thr = qthr[slot]  # [T]
     scale = torch.where(thr > 0, thr / QMAX, 1.0)

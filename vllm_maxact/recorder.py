@@ -87,7 +87,8 @@ class Recorder(nn.Module):
     """Owns the device buffers for one model replica (one worker / rank)."""
 
     def __init__(
-        self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False
+        self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
+        int8_hist: bool = True,
     ) -> None:
         super().__init__()
         self.sites = list(sites)
@@ -99,6 +100,7 @@ class Recorder(nn.Module):
         self.register_buffer("counts", torch.zeros(n, 2, dtype=torch.int64, device=device), persistent=False)
         self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
         self.int8 = int8
+        self.int8_hist = int8 and int8_hist  # the calibration histogram (replay --int8-check only)
         if int8:
             from vllm_maxact.ops_int8 import HIST_BINS
 
