@@ -59,6 +59,25 @@ def domain_texts() -> list[tuple[str, str]]:
     return [(d, t) for d, texts in sorted(by_domain.items()) for t in texts]
 
 
+@pytest.fixture(scope="session")
+def smollm2_calibration(smollm2_dir, domain_texts, tmp_path_factory) -> Path:
+    """A scales file whose thresholds are half the reference maxima on a few prompts, so live
+    traffic clips: clip-rate panels get data and the clip-rate alert must fire. Tests that start
+    SmolLM2 load it too, so they share one compiled graph (the cache key covers the traced ops,
+    not the file's values) and CI compiles SmolLM2 once."""
+    from transformers import AutoTokenizer
+
+    from vllm_maxact.int8 import SCALES_FORMAT
+    from vllm_maxact.reference import reference_stats
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ref = reference_stats(smollm2_dir, [tok(t).input_ids[:128] for _, t in domain_texts[:4]])
+    sites = {n: {"threshold_max": 0.5 * s.absmax, "threshold_p999": None} for n, s in ref.items() if s.absmax}
+    path = tmp_path_factory.mktemp("calibration") / "scales.json"
+    path.write_text(json.dumps({"format": SCALES_FORMAT, "version": 1, "sites": sites}))
+    return path
+
+
 def build_llm(model: str, **kwargs):
     from vllm import LLM
 

@@ -51,7 +51,7 @@ class VllmServer:
             cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-        wait_http(self.url + "/health", self.proc, 900, self.log)
+        wait_http(self.url + "/health", self.proc, 1500, self.log)
 
     def kill(self, sig=signal.SIGTERM) -> None:
         if self.proc.poll() is None:

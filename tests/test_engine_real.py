@@ -16,8 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma"])
-def test_real_model_matches_reference(which, request, domain_texts):
+def test_real_model_matches_reference(which, request, domain_texts, monkeypatch):
     model_dir = request.getfixturevalue(f"{which}_dir")
+    if which == "smollm2":  # the serving test's configuration: one compiled graph for both
+        monkeypatch.setenv("VLLM_MAXACT_CALIBRATION", str(request.getfixturevalue("smollm2_calibration")))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

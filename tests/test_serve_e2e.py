@@ -23,29 +23,12 @@ pytestmark = pytest.mark.slow
 PUBLISH_S = 0.5
 
 
-def calibration(model_dir: str, texts: list[str], path) -> None:
-    """A scales file whose thresholds are half the reference maxima on a few prompts, so live
-    traffic clips: the clip-rate panels get data and the clip-rate alert must fire."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    from vllm_maxact.int8 import SCALES_FORMAT
-    from vllm_maxact.reference import reference_stats
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    ref = reference_stats(model_dir, [tok(t).input_ids[:128] for t in texts[:4]])
-    sites = {n: {"threshold_max": 0.5 * s.absmax, "threshold_p999": None} for n, s in ref.items() if s.absmax}
-    path.write_text(json.dumps({"format": SCALES_FORMAT, "version": 1, "sites": sites}))
-
-
 @pytest.fixture(scope="module")
-def server(smollm2_dir, tmp_path_factory, domain_texts):
+def server(smollm2_dir, tmp_path_factory, smollm2_calibration):
     work = tmp_path_factory.mktemp("serve")
     snaps = work / "snapshots"
-    calibration(smollm2_dir, [t for _, t in domain_texts], work / "scales.json")
     srv = VllmServer(smollm2_dir, work, env={
-        "VLLM_MAXACT_CALIBRATION": str(work / "scales.json"),
+        "VLLM_MAXACT_CALIBRATION": str(smollm2_calibration),
         "VLLM_MAXACT_SNAPSHOT_DIR": str(snaps),
         "VLLM_MAXACT_SNAPSHOT_INTERVAL_S": "1",
         "VLLM_MAXACT_SNAPSHOT_RETAIN": "5",

@@ -49,7 +49,22 @@ _TOKENIZER_FILES = (
     "tokenizer.model",
 )
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3")
+ARCHS = (
+    "llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3",
+    # Added for the family adapters (tests/test_engine_families_more.py):
+    "gemma", "phi3", "olmo2", "deepseek_v2", "gpt_oss", "qwen3_next",
+    "bailing_moe",  # no transformers class: config via local remote code, no reference model
+)
+
+
+# Dense routing: the MoE models added for the family adapters route every token to every
+# expert (top-k = number of experts): with top-2 of 8, a token whose router logits nearly tie is
+# routed to different experts by vLLM (fused kernels, fp32 accumulation) and by transformers (bf16
+# ops), and the layers after it then differ by several percent. That is a difference between
+# two correct implementations, not a recording error, so the tiny models avoid it; the router
+# site (the router Linear's logits) and the fused-MoE path are exercised all the same. The
+# older qwen3_moe and mixtral configs keep top-2 (other tests use them); pass
+# ``overrides={"num_experts_per_tok": ...}`` to make_tiny for dense routing.
 
 
 def _config(arch: str, layers: int) -> Any:
@@ -105,6 +120,72 @@ def _config(arch: str, layers: int) -> Any:
             layer_types=["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(layers)],
             architectures=["Gemma3ForCausalLM"],
         )
+    if arch == "gemma":
+        return tf.GemmaConfig(**common, architectures=["GemmaForCausalLM"])
+    if arch == "phi3":
+        return tf.Phi3Config(**common, architectures=["Phi3ForCausalLM"])
+    if arch == "olmo2":
+        return tf.Olmo2Config(**common, architectures=["Olmo2ForCausalLM"])
+    if arch == "deepseek_v2":
+        # MLA: vLLM's CPU MLA backend needs the real latent size (kv_lora_rank 512 + rope 64).
+        return tf.DeepseekV2Config(
+            **{k: v for k, v in common.items() if k not in ("head_dim", "num_key_value_heads")},
+            num_key_value_heads=HEADS,  # MLA: one latent KV, expanded per head
+            kv_lora_rank=512,
+            q_lora_rank=None,  # V2-Lite style: q_proj, no q LoRA
+            qk_rope_head_dim=64,
+            qk_nope_head_dim=64,
+            v_head_dim=64,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            num_experts_per_tok=4,  # dense routing (see above _config)
+            moe_intermediate_size=128,
+            first_k_dense_replace=1,  # layer 0 dense (gate site), layers 1.. MoE (router site)
+            topk_method="greedy",
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=False,
+            routed_scaling_factor=1.0,
+            architectures=["DeepseekV2ForCausalLM"],
+        )
+    if arch == "gpt_oss":
+        return tf.GptOssConfig(
+            **common,
+            num_local_experts=4,
+            num_experts_per_tok=4,  # dense routing (see above _config)
+            sliding_window=128,
+            layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+            # vLLM's gpt-oss always builds YaRN rope; keep factor x original = max positions.
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 2.0,
+                "original_max_position_embeddings": MAX_POS // 2,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+            },
+            architectures=["GptOssForCausalLM"],
+        )
+    if arch == "qwen3_next":
+        return tf.Qwen3NextConfig(
+            **common,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=64,
+            linear_value_head_dim=64,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            # Three linear-attention layers, then one full-attention layer (as the real model).
+            layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+            num_experts=4,
+            num_experts_per_tok=4,  # dense routing (see above _config)
+            moe_intermediate_size=256,
+            shared_expert_intermediate_size=256,
+            decoder_sparse_step=1,
+            mlp_only_layers=[0],  # layer 0 dense (gate site), the others MoE (router site)
+            norm_topk_prob=True,
+            architectures=["Qwen3NextForCausalLM"],
+        )
     raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(ARCHS)}")
 
 
@@ -120,6 +201,12 @@ def _model_class(arch: str) -> type[nn.Module]:
         "mixtral": tf.MixtralForCausalLM,
         "gemma2": tf.Gemma2ForCausalLM,
         "gemma3": tf.Gemma3ForCausalLM,
+        "gemma": tf.GemmaForCausalLM,
+        "phi3": tf.Phi3ForCausalLM,
+        "olmo2": tf.Olmo2ForCausalLM,
+        "deepseek_v2": tf.DeepseekV2ForCausalLM,
+        "gpt_oss": tf.GptOssForCausalLM,
+        "qwen3_next": tf.Qwen3NextForCausalLM,
     }[arch]
 
 
@@ -127,6 +214,8 @@ def _model_class(arch: str) -> type[nn.Module]:
 def _randomize(model: nn.Module, arch: str, gen: torch.Generator) -> None:
     """Varied, realistic-scale weights (transformers' 0.02 init gives tiny, uniform activations)."""
     gemma = arch.startswith("gemma")  # Gemma norms scale by (1 + w)
+    # Qwen3-Next's RMSNorms also scale by (1 + w), except the gated norm inside linear attention.
+    zero_centered = gemma or arch == "qwen3_next"
 
     def normal(p: torch.Tensor, std: float, mean: float = 0.0) -> None:
         p.copy_(torch.randn(p.shape, generator=gen) * std + mean)
@@ -135,7 +224,12 @@ def _randomize(model: nn.Module, arch: str, gen: torch.Generator) -> None:
         if "embed_tokens" in name:
             normal(p, 0.5 if not gemma else 0.05)  # Gemma multiplies by sqrt(hidden) = 16
         elif "norm" in name:
-            normal(p, 0.25, 0.0 if gemma else 1.0)
+            centered = zero_centered and "linear_attn.norm" not in name
+            normal(p, 0.25, 0.0 if centered else 1.0)
+        elif name.endswith("A_log"):  # linear attention's decay: keep it a decay
+            normal(p, 0.5)
+        elif name.endswith("dt_bias"):
+            normal(p, 0.5)
         elif name.endswith("bias"):
             normal(p, 0.1)
         elif p.dim() >= 2:
@@ -155,8 +249,10 @@ def _randomize(model: nn.Module, arch: str, gen: torch.Generator) -> None:
             mlp = getattr(layer, "block_sparse_moe", None)
         # Per-layer scales, so attention, gate and router maxima also differ between layers
         # (a recorder that swaps layers must fail too, not only one that swaps kinds).
-        layer.self_attn.o_proj.weight *= 1.0 + i
-        for sub in ("gate_proj", "gate"):
+        attn = getattr(layer, "self_attn", None) or getattr(layer, "linear_attn", None)
+        out_proj = getattr(attn, "o_proj", None) or getattr(attn, "out_proj", None)
+        out_proj.weight *= 1.0 + i
+        for sub in ("gate_proj", "gate", "router"):
             lin = getattr(mlp, sub, None)
             if lin is not None and getattr(lin, "weight", None) is not None:
                 lin.weight *= 1.0 + 0.5 * i
@@ -167,14 +263,104 @@ def _randomize(model: nn.Module, arch: str, gen: torch.Generator) -> None:
             experts = getattr(mlp, "experts", None)
             if experts is not None:
                 for pname, p in experts.named_parameters():
+                    if "down_proj" in pname and "bias" in pname:
+                        continue
                     if "down_proj" in pname or pname.endswith("w2.weight"):
-                        if p.dim() == 3:  # fused experts (E, hidden, intermediate)
+                        if p.dim() == 3 and arch == "gpt_oss":  # gpt-oss: (E, intermediate, hidden)
+                            p[:, :, c] *= boost
+                        elif p.dim() == 3:  # fused experts (E, hidden, intermediate)
                             p[:, c, :] *= boost
                         else:
                             p[c, :] *= boost
             post_ff = getattr(layer, "post_feedforward_layernorm", None)
             if gemma and post_ff is not None:
                 post_ff.weight[c] = boost * 4.0
+
+
+# -- families transformers does not implement (remote code only) ----------------------------
+
+#: A local `trust_remote_code` config class for Ling / Bailing-MoE (no download: the file is
+#: written next to config.json and named in its auto_map).
+_BAILING_CONFIG_PY = '''
+from transformers import PretrainedConfig
+
+
+class BailingMoeConfig(PretrainedConfig):
+    model_type = "bailing_moe"
+
+    def __init__(self, **kwargs):
+        defaults = dict(
+            vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=64, hidden_act="silu",
+            use_qkv_bias=False, use_bias=False, use_qk_norm=False, rms_norm_eps=1e-6,
+            max_position_embeddings=2048, embedding_dropout=0.0, num_experts=4,
+            num_shared_experts=1, num_experts_per_tok=4, norm_topk_prob=True,
+            moe_intermediate_size=256, first_k_dense_replace=1, norm_head=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )
+        for key, value in defaults.items():
+            setattr(self, key, kwargs.pop(key, value))
+        super().__init__(**kwargs)
+'''
+
+
+def _make_bailing_moe(out_dir: Path, layers: int, gen: torch.Generator) -> None:
+    """Ling / Bailing-MoE: config + remote-code config class + checkpoint in its own names.
+
+    Layer 0 is dense (``first_k_dense_replace=1``: gate site), layers 1.. are MoE with a shared
+    expert (router site), routing densely like the other tiny MoE models. Same weight recipe as
+    `_randomize`: realistic scales, massive channels growing with depth.
+    """
+    from safetensors.torch import save_file
+
+    (out_dir / "configuration_bailing_moe.py").write_text(_BAILING_CONFIG_PY.lstrip())
+    config = {
+        "architectures": ["BailingMoeForCausalLM"],
+        "model_type": "bailing_moe",
+        "auto_map": {"AutoConfig": "configuration_bailing_moe.BailingMoeConfig"},
+        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM, "max_position_embeddings": MAX_POS, "tie_word_embeddings": True,
+        "num_experts": 4, "num_shared_experts": 1, "num_experts_per_tok": 4, "norm_topk_prob": True,
+        "moe_intermediate_size": 256, "first_k_dense_replace": 1, "torch_dtype": "bfloat16",
+        **SPECIAL,
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    def normal(shape: tuple[int, ...], std: float, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(shape, generator=gen) * std + mean
+
+    def linear(out_f: int, in_f: int, scale: float = 1.0) -> torch.Tensor:
+        return normal((out_f, in_f), 1.5 / math.sqrt(in_f)) * scale
+
+    def mlp(prefix: str, inter: int, boost: float) -> dict[str, torch.Tensor]:
+        down = linear(HIDDEN, inter)
+        for c in MASSIVE_CHANNELS:
+            down[c, :] *= boost
+        return {f"{prefix}.gate_proj.weight": linear(inter, HIDDEN), f"{prefix}.up_proj.weight": linear(inter, HIDDEN),
+                f"{prefix}.down_proj.weight": down}
+
+    qkv = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    w = {"model.word_embeddings.weight": normal((VOCAB, HIDDEN), 0.5), "model.norm.weight": normal((HIDDEN,), 0.25, 1.0)}
+    for i in range(layers):
+        pre = f"model.layers.{i}"
+        boost = MASSIVE_GROWTH ** (i + 1)
+        w[f"{pre}.input_layernorm.weight"] = normal((HIDDEN,), 0.25, 1.0)
+        w[f"{pre}.post_attention_layernorm.weight"] = normal((HIDDEN,), 0.25, 1.0)
+        w[f"{pre}.attention.query_key_value.weight"] = linear(qkv, HIDDEN)
+        w[f"{pre}.attention.dense.weight"] = linear(HIDDEN, HEADS * HEAD_DIM, 1.0 + i)
+        if i < config["first_k_dense_replace"]:
+            w.update(mlp(f"{pre}.mlp", INTERMEDIATE, boost))
+        else:
+            w[f"{pre}.mlp.gate.weight"] = linear(config["num_experts"], HIDDEN, 1.0 + 0.5 * i)
+            for e in range(config["num_experts"]):
+                w.update(mlp(f"{pre}.mlp.experts.{e}", config["moe_intermediate_size"], boost))
+            w.update(mlp(f"{pre}.mlp.shared_experts", config["moe_intermediate_size"], 1.0))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in w.items()}, str(out_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+_REMOTE_CODE_ARCHS = {"bailing_moe": _make_bailing_moe}
 
 
 def _find(model: nn.Module, attr: str) -> Any:
@@ -191,16 +377,27 @@ def make_tiny(
     tokenizer_dir: Path | str | None = None,
     seed: int = 0,
     layers: int = LAYERS,
+    overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Build, randomize and save a tiny `arch` model as bf16 safetensors into `out_dir`."""
+    """Build, randomize and save a tiny `arch` model as bf16 safetensors into `out_dir`.
+
+    `overrides` sets config attributes after the arch's defaults (e.g. ``num_experts_per_tok``
+    for dense routing, see the note above `_config`)."""
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    config = _config(arch, layers)
-    model = _model_class(arch)(config)
-    _randomize(model, arch, torch.Generator().manual_seed(seed))
-    model.to(torch.bfloat16).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    if arch in _REMOTE_CODE_ARCHS:
+        if overrides:
+            raise ValueError(f"{arch}: overrides are not supported for remote-code tiny models")
+        _REMOTE_CODE_ARCHS[arch](out_dir, layers, torch.Generator().manual_seed(seed))
+    else:
+        config = _config(arch, layers)
+        for key, value in (overrides or {}).items():
+            setattr(config, key, value)
+        model = _model_class(arch)(config)
+        _randomize(model, arch, torch.Generator().manual_seed(seed))
+        model.to(torch.bfloat16).eval()
+        model.save_pretrained(str(out_dir))
     if tokenizer_dir is not None:
         copied = [
             shutil.copy2(Path(tokenizer_dir) / f, out_dir / f)
@@ -210,6 +407,6 @@ def make_tiny(
         if not copied:
             raise FileNotFoundError(f"no tokenizer files in {tokenizer_dir}")
     (out_dir / "tiny_model.json").write_text(
-        json.dumps({"arch": arch, "seed": seed, "layers": layers}) + "\n"
+        json.dumps({"arch": arch, "seed": seed, "layers": layers, "overrides": overrides or {}}) + "\n"
     )
     return out_dir
