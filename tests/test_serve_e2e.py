@@ -59,11 +59,11 @@ def traffic(server, domain_texts):
 
     def chat(text: str) -> str:
         r = client.chat.completions.create(
-            model=server.name, messages=[{"role": "user", "content": text[:600]}], max_tokens=16)
+            model=server.name, messages=[{"role": "user", "content": text[:200]}], max_tokens=16)
         return r.choices[0].message.content
 
     def complete(text: str) -> str:
-        r = client.completions.create(model=server.name, prompt=text[:800], max_tokens=16)
+        r = client.completions.create(model=server.name, prompt=text[:250], max_tokens=16)
         return r.choices[0].text
 
     jobs = [(chat if i % 2 else complete, t) for i, (_, t) in enumerate(domain_texts)]
