@@ -123,3 +123,28 @@ def test_sigkill_during_writes_leaves_only_complete_files(tmp_path, delay):
     assert names and all(n.startswith("maxact-m-") and n.endswith(".arrow") for n in names), names
     for n in names:
         assert feather.read_table(tmp_path / n).num_rows == 200_000
+
+
+def test_live_int8_drift_series(tmp_path):
+    """With a calibration loaded, payloads carry INT-8 sums; the exposition turns the recent
+    window into clip rate and SQNR per site (sharded gate: ranks' sums add up)."""
+    import math
+
+    ps = [payload(r, [1, 5, 3, None], [-2, -1, -3, None]) for r in (0, 1)]
+    for p in ps:
+        acc = [[[0.0] * 4, [0.0] * 4] for _ in SITES]
+        cnt = [[[0, 0], [0, 0]] for _ in SITES]
+        acc[1][0] = [100.0, 20.0, 1.0, 2.0]  # residual: sum x^2, sum|x|, sum err^2, sum|err|
+        cnt[1][0] = [3, 50]                   # 3 of 50 values clipped
+        acc[2][0] = [40.0, 10.0, 4.0, 1.0]    # gate, per rank
+        cnt[2][0] = [1, 20]
+        p["int8"] = {"thresholds": [[0, 0], [4.0, 0], [2.0, 0], [0, 0]],
+                     "recent": {"acc": acc, "cnt": cnt}, "lifetime": {"acc": acc, "cnt": cnt}}
+    text = exposition(tmp_path, ps)
+    assert 'vllm_maxact_int8_clip_rate{kind="residual",layer="0",model_name="m"} 0.06' in text
+    assert f'vllm_maxact_int8_sqnr_db{{kind="residual",layer="0",model_name="m"}} {10 * math.log10(100):.1f}' in text
+    assert 'vllm_maxact_int8_clip_rate{kind="gate",layer="0",model_name="m"} 0.05' in text  # (1+1)/(20+20)
+    assert 'vllm_maxact_int8_threshold{kind="embedding"' not in text  # no threshold: no series
+    if shutil.which("promtool"):
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr

@@ -67,9 +67,8 @@ def figures(acc: np.ndarray, cnt: np.ndarray) -> dict[str, np.ndarray]:
             "sqnr_db": 10.0 * np.log10(x2 / e2),
             "clip_rate": clip / n,
         }
-    for v in out.values():
-        v[n == 0] = np.nan
-    return out
+    # Nothing evaluated is "no figure", not 0 or inf (works for scalars and arrays alike).
+    return {k: np.where(n == 0, np.nan, v) for k, v in out.items()}
 
 
 def headroom(absmax: float | None) -> dict[str, float | None]:
