@@ -33,8 +33,7 @@ class Qwen3NextAdapter(Adapter):
     linear_attn_attr = "linear_attn"
 
     def layer_probes(self, i: int, layer: nn.Module) -> Iterator[Probe]:
-        for p in super().layer_probes(i, layer):
-            yield p
+        yield from super().layer_probes(i, layer)
         if getattr(layer, self.attn_attr, None) is None:
             linear = getattr(layer, self.linear_attn_attr, None)
             if linear is not None:

@@ -65,6 +65,39 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= RTOL * abs(b) + ATOL
 
 
+def compare(got: dict, ref: dict, names: set[str], model_dir: str, toks: list[list[int]], record_property) -> None:
+    """Every site over every token, finite, and within tolerance of the reference.
+
+    The bf16 reference rounds every op to bf16; over four layers with massive channels that can
+    drift past 4% on a few maxima, while vLLM, which keeps fp32 where it fuses, stays nearer the
+    exact value. So a value off the bf16 reference must be within the same tolerance of the
+    float32 transformers forward of the same weights; a recording error (wrong site, missed
+    padding mask, residual before the add) is far from both."""
+    total = sum(len(t) for t in toks)
+    off, worst = [], 0.0
+    for name in sorted(names):
+        g, r = got[name], ref[name]
+        assert g["tokens"] == total, name
+        assert g["nan_count"] == 0 and g["inf_count"] == 0, name
+        for key in ("max", "min", "absmax"):
+            rv = getattr(r, key)
+            if not close(g[key], rv):
+                off.append((name, key))
+            if abs(rv) > 1.0:
+                worst = max(worst, abs(g[key] - rv) / abs(rv))
+    record_property("max_rel_dev", round(worst, 4))
+    if off:
+        ref32 = reference_stats(model_dir, toks, dtype=torch.float32)
+        bad = [
+            f"{name}.{key}: vllm {got[name][key]:.5g} vs transformers bf16 {getattr(ref[name], key):.5g}, "
+            f"fp32 {getattr(ref32[name], key):.5g}"
+            for name, key in off
+            if not close(got[name][key], getattr(ref32[name], key))
+        ]
+        record_property("fp32_checked", [f"{n}.{k}" for n, k in off])
+        assert not bad, "\n".join(bad)
+
+
 def token_lists(seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     # Varied lengths, so batches mix prefill chunks and the tail of the token axis is padding.
@@ -79,13 +112,23 @@ OVERRIDES = {
 }
 
 
+#: Depth per arch where the default 4 layers make the random model ill-conditioned in bf16.
+#: Gemma 2's four-layer tiny model (sandwich norms scaling massive channels by up to 324, no
+#: q/k norm) is chaotic: the transformers forward in bf16 and in fp32 of the same weights
+#: differ by up to 21% on some maxima (11% with 3 layers, 0.9% with 2; seeds 0-3 alike), so no
+#: bf16 implementation can match either within 4%. Two layers still have every site kind.
+LAYERS = {"gemma2": 2}
+
+
 @pytest.fixture(scope="module")
 def family_model(tmp_path_factory, smollm2_dir):
+    from tiny_models import LAYERS as DEFAULT_LAYERS
     from tiny_models import make_tiny
 
     def get(arch: str) -> str:
         out = tmp_path_factory.mktemp(f"family-{arch}")
-        return str(make_tiny(arch, out, tokenizer_dir=smollm2_dir, overrides=OVERRIDES.get(arch)))
+        return str(make_tiny(arch, out, tokenizer_dir=smollm2_dir, overrides=OVERRIDES.get(arch),
+                             layers=LAYERS.get(arch, DEFAULT_LAYERS)))
 
     return get
 
@@ -113,35 +156,7 @@ def test_family_sites_match_transformers(arch, family_model, record_property):
     assert set(got) == expected, (
         f"missing {sorted(expected - set(got))}, unexpected {sorted(set(got) - expected)}"
     )
-    total = sum(len(t) for t in toks)
-    off, worst = [], 0.0
-    for name in sorted(expected):
-        g, r = got[name], ref[name]
-        assert g["tokens"] == total, name
-        assert g["nan_count"] == 0 and g["inf_count"] == 0, name
-        for key in ("max", "min", "absmax"):
-            rv = getattr(r, key)
-            if not close(g[key], rv):
-                off.append((name, key))
-            if abs(rv) > 1.0:
-                worst = max(worst, abs(g[key] - rv) / abs(rv))
-    record_property("max_rel_dev", round(worst, 4))
-    # The bf16 reference rounds every op to bf16; over four layers with massive channels that
-    # can drift past 4% on a few maxima (and flip a near-tie top-k routing choice in MoE
-    # layers), while vLLM, which keeps fp32 where it fuses, stays with the exact value. So a
-    # value off the bf16 reference must be within the same tolerance of the float32 forward of
-    # the same weights; a recording error (wrong site, missed padding mask, residual before the
-    # add) is far from both.
-    if off:
-        ref32 = reference_stats(model_dir, toks, dtype=torch.float32)
-        bad = [
-            f"{name}.{key}: vllm {got[name][key]:.5g} vs transformers bf16 {getattr(ref[name], key):.5g}, "
-            f"fp32 {getattr(ref32[name], key):.5g}"
-            for name, key in off
-            if not close(got[name][key], getattr(ref32[name], key))
-        ]
-        record_property("fp32_checked", [f"{n}.{k}" for n, k in off])
-        assert not bad, "\n".join(bad)
+    compare(got, ref, expected, model_dir, toks, record_property)
     # Sites really differ (a mix-up could not pass): residual maxima differ layer by layer.
     layers = sorted({Site.parse(s).layer for s in expected if Site.parse(s).layer is not None})
     res = [got[Site(Kind.RESIDUAL, i).name]["absmax"] for i in layers]
@@ -181,7 +196,7 @@ def test_bailing_moe_records_every_site(family_model):
     assert len(set(res)) == len(res) and res[-1] > 4 * res[0]  # massive channels grow with depth
 
 
-def test_generic_fallback_on_a_served_model(tiny_factory):
+def test_generic_fallback_on_a_served_model(tiny_factory, record_property):
     """An architecture no adapter claims still gets residual sites: tiny Llama served through
     vLLM's Transformers modeling backend (`TransformersForCausalLM`, model type llama, which
     the OLMo 2 adapter does not take) falls back to the generic adapter; its layers return one
@@ -201,9 +216,4 @@ def test_generic_fallback_on_a_served_model(tiny_factory):
     ref = reference_stats(model_dir, toks)
     expected = {"final_norm"} | {Site(Kind.RESIDUAL, i).name for i in range(4)}
     assert set(got) == expected
-    total = sum(len(t) for t in toks)
-    for name in expected:
-        g, r = got[name], ref[name]
-        assert g["tokens"] == total, name
-        for key in ("max", "min", "absmax"):
-            assert close(g[key], getattr(r, key)), f"{name}.{key}: vllm {g[key]:.5g} vs {getattr(r, key):.5g}"
+    compare(got, ref, expected, model_dir, toks, record_property)

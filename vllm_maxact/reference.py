@@ -30,6 +30,10 @@ transformers):
   itself (in the activation dtype, as the model does).
 - `final_norm`: the base model's `norm` output.
 
+Models with attention logit soft-capping (Gemma 2: `attn_logit_softcapping`) are loaded with
+the eager attention implementation: transformers' default SDPA path ignores the soft-cap, so it
+would compute a different function from the model (and from vLLM, which applies it).
+
 max/min/absmax ignore NaN (counted in `nan`) and include +-inf (also counted in `inf`): an
 overflow to inf is an extreme the user wants to see, a NaN is not a magnitude.
 """
@@ -183,6 +187,14 @@ def reference_stats_for_model(model: nn.Module, token_ids: Iterable[list[int]]) 
     return stats
 
 
+def _attn_softcap(model_dir: str) -> bool:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "attn_logit_softcapping", None) is not None
+
+
 def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     import transformers
     from transformers import AutoModelForCausalLM
@@ -190,7 +202,12 @@ def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Mod
     # transformers 4.56 renamed torch_dtype to dtype; older ones (a GPU image) only know torch_dtype.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **{key: dtype})
+    kwargs: dict[str, Any] = {key: dtype}
+    if _attn_softcap(model_dir):
+        # Attention logit soft-capping (Gemma 2) is only applied by the eager attention path:
+        # transformers' default SDPA path silently skips it, i.e. computes another function.
+        kwargs["attn_implementation"] = "eager"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     model.eval()
     return model
 
