@@ -11,7 +11,7 @@ import click
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def _engine_kwargs(tensor_parallel_size, dtype, max_model_len, enforce_eager, engine_arg) -> dict:
+def _engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg) -> dict:
     kw: dict = {"enable_prefix_caching": False}  # cached tokens are never computed, never observed
     if tensor_parallel_size:
         kw["tensor_parallel_size"] = tensor_parallel_size
@@ -19,8 +19,6 @@ def _engine_kwargs(tensor_parallel_size, dtype, max_model_len, enforce_eager, en
         kw["dtype"] = dtype
     if max_model_len:
         kw["max_model_len"] = max_model_len
-    if enforce_eager:
-        kw["enforce_eager"] = True
     for item in engine_arg:
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--engine-arg")
@@ -65,7 +63,6 @@ def main() -> None:
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
 @click.option("--dtype", default=None, help="Engine dtype (default: the model's).")
 @click.option("--max-model-len", type=int, default=None)
-@click.option("--enforce-eager", is_flag=True, help="Disable compilation (slower; for comparisons).")
 @click.option("--engine-arg", multiple=True, metavar="KEY=VALUE", help="Any other vllm.LLM argument.")
 @click.option("--int8-check", is_flag=True,
               help="INT-8 reconstruction check at every site (calibrate, then evaluate), on the device.")
@@ -74,7 +71,7 @@ def main() -> None:
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, tensor_parallel_size, dtype,
-           max_model_len, enforce_eager, engine_arg, int8_check, calib_samples, eval_samples, skip_bad,
+           max_model_len, engine_arg, int8_check, calib_samples, eval_samples, skip_bad,
            quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
     from rich.console import Console
@@ -112,7 +109,7 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
     from vllm import LLM
 
     console.print(f"[bold]vllm-maxact replay[/bold]: {model} on {corpus} ({len(data)} samples)")
-    llm = LLM(path, **_engine_kwargs(tensor_parallel_size, dtype, max_model_len, enforce_eager, engine_arg))
+    llm = LLM(path, **_engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg))
 
     from tqdm import tqdm
 
