@@ -23,8 +23,6 @@ from vllm_maxact.export.arrow import SCHEMA, merge_ranks, rows_from_stats, write
 from vllm_maxact.int8 import headroom
 from vllm_maxact.sites import Kind, Site
 
-FP16_MAX = 65504.0
-
 
 class ReplayError(RuntimeError):
     pass

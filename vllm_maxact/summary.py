@@ -7,11 +7,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vllm_maxact.int8 import BF16_MAX, FP8_E4M3_MAX, FP16_MAX  # noqa: F401  (one definition of the limits)
 from vllm_maxact.sites import GLOBAL_KINDS, KIND_ORDER
-
-FP16_MAX = 65504.0
-BF16_MAX = 3.3895313892515355e38
-FP8_E4M3_MAX = 448.0
 
 
 def whole(table: pa.Table) -> pa.Table:
