@@ -148,3 +148,38 @@ def test_live_int8_drift_series(tmp_path):
     if shutil.which("promtool"):
         lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
         assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+
+
+_PROBE = """
+import json, multiprocessing, os, sys
+from vllm_maxact.export.runtime import ensure_runtime_dir
+
+def child(q):
+    q.put([str(p) for p in ensure_runtime_dir()])
+
+if __name__ == "__main__":
+    path, front = ensure_runtime_dir()
+    ctx = multiprocessing.get_context(sys.argv[1])
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    kid = q.get(timeout=60)
+    p.join()
+    print(json.dumps({"dir": str(path), "front": front, "child": kid}))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_instances_never_share_a_runtime_dir_through_the_environment(tmp_path, method):
+    """A `vllm serve` started by a process that already runs an instance (a test runner, a job
+    script) is a new front end; vLLM's own multiprocessing children join their parent's dir."""
+    from vllm_maxact.export.runtime import HANDOFF
+
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    inherited = tmp_path / "other-instance"
+    out = subprocess.run([sys.executable, str(script), method], env={**os.environ, HANDOFF: str(inherited)},
+                         capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["front"] is True and got["dir"] != str(inherited)
+    assert got["child"] == [got["dir"], "False"]  # joined, not a front end

@@ -41,8 +41,8 @@ def test_device_figures_equal_float64_numpy(compiled):
     rec = Recorder(SITES, device=torch.device("cpu"), int8=True)
 
     def fwd(x):
-        ops.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, 0, x)
-        ops.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, 1, x * 0.5)
+        rec.record(0, x)
+        rec.record(1, x * 0.5)
 
     f = torch.compile(fwd, backend="inductor", dynamic=True) if compiled else fwd
     calib, evals = batches(0), batches(1)

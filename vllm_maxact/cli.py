@@ -147,7 +147,7 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
 @main.command()
 @click.option("--pid", type=int, default=None, help="Main pid of the vLLM server (default: newest instance).")
 @click.option("--runtime-dir", type=click.Path(path_type=Path), default=None,
-              help="The instance's runtime dir (VLLM_MAXACT_RUNTIME_DIR of the server).")
+              help="The instance's runtime dir (logged by the server at start).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
 def snapshot(pid, runtime_dir, out_dir) -> None:
     """Write an Arrow snapshot of a running vLLM instance on this machine, now."""
@@ -159,7 +159,7 @@ def snapshot(pid, runtime_dir, out_dir) -> None:
         if not found:
             raise click.ClickException(
                 "no running vLLM instance with vllm-maxact found" + (f" for pid {pid}" if pid else "")
-                + "; pass --runtime-dir (the server's VLLM_MAXACT_RUNTIME_DIR)")
+                + "; pass --runtime-dir (the server logs it at start)")
         runtime_dir = found[0]
     payloads = read_payloads(runtime_dir)
     if not payloads:

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vllm_maxact import ops, ops_int8
 from vllm_maxact.adapters import Adapter, Probe, find_adapter
 from vllm_maxact.config import MaxActConfig
 from vllm_maxact.recorder import Recorder
@@ -39,12 +38,8 @@ def select(probes: Iterable[Probe], cfg: MaxActConfig) -> list[Probe]:
 
 
 def _record(rec: Recorder, slot: int, x) -> None:
-    if x is None:
-        return
-    ops.record(rec.extrema, rec.counts, rec.n_valid, slot, x)
-    if rec.int8:
-        ops_int8.record_int8(rec.qthr, rec.qacc, rec.qcnt, rec.qhist, rec.qmode, rec.n_valid, slot, x,
-                             with_hist=rec.int8_hist)
+    if x is not None:
+        rec.record(slot, x)
 
 
 def _output_hook(rec: Recorder, slot: int, extract):
@@ -59,6 +54,37 @@ def _input_hook(rec: Recorder, slot: int, extract):
         _record(rec, slot, extract(args, kwargs))
 
     return hook
+
+
+def _flush_hook(rec: Recorder, group: int):
+    def hook(module: nn.Module, args, output) -> None:
+        rec.flush(group)
+
+    return hook
+
+
+def _contains(outer: nn.Module, inner: nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
+
+
+def defer_layer_folds(rec: Recorder, probes: list[Probe]) -> int:
+    """Fold each decoder layer's sites once, after the layer returns (one reduction kernel per
+    layer instead of one per site). A layer qualifies when one of its probed modules contains
+    all the others (the layer itself, for every shipped adapter): a forward hook on it, added
+    after the site hooks, runs after all of them. Returns the number of deferred layers."""
+    by_layer: dict[int, list[tuple[int, Probe]]] = {}
+    for slot, p in enumerate(probes):
+        if p.site.layer is not None:
+            by_layer.setdefault(p.site.layer, []).append((slot, p))
+    n = 0
+    for members in by_layer.values():
+        anchor = next((p.module for _, p in members if all(_contains(p.module, q.module) for _, q in members)), None)
+        if anchor is None:
+            continue
+        group = rec.defer(members[0][0])
+        anchor.register_forward_hook(_flush_hook(rec, group))
+        n += 1
+    return n
 
 
 def load_calibration(rec: Recorder, path) -> None:
@@ -105,6 +131,7 @@ def instrument(
             p.module.register_forward_hook(_output_hook(rec, slot, p.extract))
         else:
             p.module.register_forward_pre_hook(_input_hook(rec, slot, p.extract), with_kwargs=True)
+    defer_layer_folds(rec, probes)
     # Keep the recorder reachable from the compiled module so its buffers are module state.
     adapter.decoder(model).maxact_recorder = rec
     n_layers = len({p.site.layer for p in probes if p.site.layer is not None})

@@ -28,6 +28,7 @@ Buffers (owned by `recorder.Recorder`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -94,3 +95,44 @@ def record(
 ) -> None:
     """Fold one site's activation ``x`` (any shape, last axis = features) into its slot."""
     fold(extrema, counts, n_valid, (slot,), (row_stats(x),))
+
+
+# -- CPU: one opaque op per call -------------------------------------------------------------
+# On CPU vLLM compiles the whole model as one graph (no per-layer pieces to reuse), so every
+# traced op costs compile time in proportion to the model's depth, and Inductor's fusion buys
+# little on a CPU. There the recorder calls one custom op per decoder layer instead: opaque to
+# Inductor (one extern call in the graph), reading ``n_valid`` on the host for free, and
+# taking one pass per activation (`torch.aminmax`) unless it holds NaN or Inf.
+
+
+@torch.library.custom_op("vllm_maxact::record_cpu", mutates_args=("extrema", "counts"), device_types="cpu")
+def record_cpu(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
+               xs: list[torch.Tensor]) -> None:
+    """`record` for CPU tensors, for several sites of one buffer at once."""
+    n = int(n_valid[0])
+    if n <= 0:
+        return
+    for slot, x in zip(slots, xs, strict=True):
+        x2 = x.reshape(-1, x.shape[-1])[:n]
+        if x2.numel() == 0:
+            continue
+        lo, hi = torch.aminmax(x2)
+        hi_f, lo_f = float(hi), float(lo)
+        if not (math.isfinite(hi_f) and math.isfinite(lo_f)):
+            finite = torch.isfinite(x2)
+            nan = int(torch.isnan(x2).sum())
+            counts[slot, 0] += nan
+            counts[slot, 1] += int(x2.numel() - int(finite.sum())) - nan
+            if not bool(finite.any()):
+                continue
+            hi_f = float(torch.where(finite, x2, _NEG_INF).amax())
+            lo_f = float(torch.where(finite, x2, _POS_INF).amin())
+        if hi_f > extrema[slot, 0]:
+            extrema[slot, 0] = hi_f
+        if lo_f < extrema[slot, 1]:
+            extrema[slot, 1] = lo_f
+
+
+@record_cpu.register_fake
+def _(extrema, counts, n_valid, slots, xs) -> None:
+    return None

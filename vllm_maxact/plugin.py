@@ -64,14 +64,15 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
 def register() -> None:
     from vllm_maxact.export.runtime import ensure_runtime_dir
 
-    # The first process of an instance (API server / script) creates the runtime dir and hands
-    # it to its children through the environment, before the config is read.
-    runtime_dir, front_end = ensure_runtime_dir()
     cfg = get_config()  # fails loudly, naming the bad field
+    # The front end of an instance (API server / script) creates the runtime dir and hands it
+    # to the processes vLLM starts through the environment.
+    runtime_dir, front_end = ensure_runtime_dir(cfg.runtime_dir)
     if not cfg.enable:
         logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
         return
     if front_end:
+        logger.info("vllm-maxact %s: recording; instance runtime dir %s", __version__, runtime_dir)
         _start_front_end(cfg, runtime_dir)
     when_imported("vllm.config.vllm", _patch_compile_hash)
     when_imported("vllm.v1.worker.gpu_model_runner", lambda m: _patch_runner(m.GPUModelRunner))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vllm_maxact.config import MaxActConfig
+from vllm_maxact.export.runtime import instance_dir
 from vllm_maxact.recorder import Recorder, Stats
 
 logger = logging.getLogger("vllm_maxact")
@@ -128,7 +129,7 @@ class Publisher:
         self.last_step = 0.0
         self.last_publish = 0.0
         self.dirty = False
-        self.dir = cfg.runtime_dir
+        self.dir = instance_dir()
         self.error: str | None = None
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._idle_loop, name="vllm-maxact-publish", daemon=True)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vllm_maxact import ops, ops_int8
 from vllm_maxact.sites import Site
 
 
@@ -83,33 +84,73 @@ class Stats:
         )
 
 
-class Recorder(nn.Module):
-    """Owns the device buffers for one model replica (one worker / rank)."""
+class SiteGroup(nn.Module):
+    """The device buffers of one group of sites: one decoder layer's sites, or one model-level
+    site (embedding, final norm).
 
-    def __init__(
-        self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
-        int8_hist: bool = True,
-    ) -> None:
+    Each layer owns buffers of the same shape and addresses its sites by their position within
+    the layer, so the compiled code of every decoder layer is identical: vLLM compiles a layer
+    once and reuses it, as it does without the plugin (one global buffer indexed by a global
+    slot would make every layer's graph different and multiply the cold compile time by the
+    depth), and the fold's masked work is per layer, not per model.
+    """
+
+    def __init__(self, n: int, device: torch.device, int8: bool) -> None:
         super().__init__()
-        self.sites = list(sites)
-        self.slot = {s: i for i, s in enumerate(self.sites)}
-        n = len(self.sites)
         # Registered buffers (non-persistent: never part of a checkpoint) so that Dynamo lifts them
         # as graph inputs with stable addresses, which CUDA-graph replay writes through.
         self.register_buffer("extrema", torch.empty(n, 2, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("counts", torch.zeros(n, 2, dtype=torch.int64, device=device), persistent=False)
-        self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
-        self.int8 = int8
-        self.int8_hist = int8 and int8_hist  # the calibration histogram (replay --int8-check only)
         if int8:
-            from vllm_maxact.ops_int8 import HIST_BINS
-
             # Thresholds (max, p999) per site; accumulators of the reconstruction check; the
-            # calibration histogram; the phase (0 off, 1 calibrate, 2 evaluate).
+            # calibration histogram.
             self.register_buffer("qthr", torch.zeros(n, 2, dtype=torch.float32, device=device), persistent=False)
             self.register_buffer("qacc", torch.zeros(n, 2, 4, dtype=torch.float64, device=device), persistent=False)
             self.register_buffer("qcnt", torch.zeros(n, 2, 2, dtype=torch.int64, device=device), persistent=False)
-            self.register_buffer("qhist", torch.zeros(n, HIST_BINS, dtype=torch.int64, device=device), persistent=False)
+            self.register_buffer("qhist", torch.zeros(n, ops_int8.HIST_BINS, dtype=torch.int64, device=device), persistent=False)
+
+
+def _group_key(site: Site):
+    return ("layer", site.layer) if site.layer is not None else ("model", site.kind)
+
+
+class Recorder(nn.Module):
+    """Owns the device buffers for one model replica (one worker / rank).
+
+    Sites are numbered by slot (their order in ``sites``); on the device a slot lives at a
+    position in its `SiteGroup`. The host side (`collect`, `Stats`) always sees all slots.
+    """
+
+    def __init__(
+        self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
+        int8_hist: bool = True, cpu_op: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.sites = list(sites)
+        self.slot = {s: i for i, s in enumerate(self.sites)}
+        #: CPU: the opaque `ops.record_cpu` (compile cost independent of depth); elsewhere the
+        #: Inductor-visible ops, which fuse and replay under CUDA graphs.
+        self.cpu_op = torch.device(device).type == "cpu" if cpu_op is None else cpu_op
+        n = len(self.sites)
+        members: dict[tuple, list[int]] = {}
+        for i, s in enumerate(self.sites):
+            members.setdefault(_group_key(s), []).append(i)
+        #: slot -> (group index, position in the group); group -> its slots, in slot order
+        self.where: list[tuple[int, int]] = [(0, 0)] * n
+        self.group_slots: list[list[int]] = list(members.values())
+        for g, slots in enumerate(self.group_slots):
+            for k, slot in enumerate(slots):
+                self.where[slot] = (g, k)
+        self.int8 = int8
+        self.int8_hist = int8 and int8_hist  # the calibration histogram (replay --int8-check only)
+        self.groups = nn.ModuleList(SiteGroup(len(sl), device, int8) for sl in self.group_slots)
+        self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
+        #: Row statistics waiting for their group's fold (see `defer` / `flush`): traced as a
+        #: Python list inside one forward, always empty between forwards.
+        self._deferred: set[int] = set()
+        self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        if int8:
+            # The phase (0 off, 1 calibrate, 2 evaluate), shared by every group.
             self.register_buffer("qmode", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
             self.int8_lifetime = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
             self.int8_windows: collections.deque = collections.deque()
@@ -125,8 +166,63 @@ class Recorder(nn.Module):
         self._window_start = time.time()
         self.last_collect = 0.0
 
+    # -- inside the forward (traced into the compiled graph) --------------------------------
+    def record(self, slot: int, x: torch.Tensor) -> None:
+        """Fold one site's activation ``x`` (any shape, last axis = features) into its slot;
+        in a deferred group, only its row statistics now and the fold at `flush`."""
+        g, k = self.where[slot]
+        group = self.groups[g]
+        if g in self._deferred:
+            self._pending.setdefault(g, []).append((k, x if self.cpu_op else ops.row_stats(x)))
+        elif self.cpu_op:
+            ops.record_cpu(group.extrema, group.counts, self.n_valid, [k], [x])
+        else:
+            ops.record(group.extrema, group.counts, self.n_valid, k, x)
+        if self.int8:
+            ops_int8.record_int8(group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
+                                 with_hist=self.int8_hist)
+
+    def defer(self, slot: int) -> int:
+        """Make ``slot``'s group fold once per forward, at `flush` (one kernel, or one CPU op
+        call, per layer instead of one per site); the caller must call ``flush(group)`` after
+        the group's last site."""
+        g = self.where[slot][0]
+        self._deferred.add(g)
+        return g
+
+    def flush(self, g: int) -> None:
+        pending = self._pending.pop(g, None)
+        if pending:
+            group = self.groups[g]
+            slots, values = [k for k, _ in pending], [v for _, v in pending]
+            if self.cpu_op:
+                ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, values)
+            else:
+                ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
+
+    # -- host-side views (concatenated over groups, in slot order) --------------------------
+    def _cat(self, name: str) -> torch.Tensor:
+        return torch.cat([getattr(g, name) for g in self.groups])
+
+    @property
+    def extrema(self) -> torch.Tensor:
+        return self._cat("extrema")
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self._cat("counts")
+
+    @property
+    def qthr(self) -> torch.Tensor:
+        return self._cat("qthr")
+
+    @property
+    def qhist(self) -> torch.Tensor:
+        return self._cat("qhist")
+
     # -- per step (worker thread, outside the compiled graph) -------------------------------
     def begin_step(self, num_tokens: int) -> None:
+        self._pending.clear()  # only a forward that raised can leave rows here
         if not self._live:
             # Warm-up, profiling and graph capture ran before this (with n_valid == 0, so they
             # should have recorded nothing); re-arm anyway so no start-up value can survive.
@@ -143,12 +239,13 @@ class Recorder(nn.Module):
     # -- reading ----------------------------------------------------------------------------
     @torch.no_grad()
     def _arm(self) -> None:
-        self.extrema[:, 0].fill_(float("-inf"))
-        self.extrema[:, 1].fill_(float("inf"))
-        self.counts.zero_()
-        if self.int8:
-            self.qacc.zero_()
-            self.qcnt.zero_()
+        for g in self.groups:
+            g.extrema[:, 0].fill_(float("-inf"))
+            g.extrema[:, 1].fill_(float("inf"))
+            g.counts.zero_()
+            if self.int8:
+                g.qacc.zero_()
+                g.qcnt.zero_()
 
     @torch.no_grad()
     def collect(self) -> Stats:
@@ -157,8 +254,8 @@ class Recorder(nn.Module):
             ext = self.extrema.to("cpu", copy=True).double().numpy()
             cnt = self.counts.to("cpu", copy=True).numpy()
             if self.int8:
-                qa = self.qacc.to("cpu", copy=True).numpy()
-                qc = self.qcnt.to("cpu", copy=True).numpy()
+                qa = self._cat("qacc").to("cpu").numpy()
+                qc = self._cat("qcnt").to("cpu").numpy()
             self._arm()
             now = time.time()
             win = Stats(self.sites, ext[:, 0], ext[:, 1], cnt[:, 0], cnt[:, 1], self._pending_tokens,
@@ -195,9 +292,11 @@ class Recorder(nn.Module):
         """Switch the INT-8 phase; called between steps (worker thread)."""
         if thresholds is not None:
             self.qthr_host = np.asarray(thresholds, dtype=np.float32).reshape(len(self.sites), 2)
-            self.qthr.copy_(torch.as_tensor(self.qthr_host))
+            for g, slots in zip(self.groups, self.group_slots, strict=True):
+                g.qthr.copy_(torch.as_tensor(self.qthr_host[slots]))
         if clear_hist:
-            self.qhist.zero_()
+            for g in self.groups:
+                g.qhist.zero_()
         self.qmode.fill_(mode)
 
     def recent(self) -> Stats:

@@ -188,12 +188,12 @@ _registered: set[int] = set()
 
 def collector() -> MaxActCollector:
     global _collector
-    from vllm_maxact.config import get_config
+    from vllm_maxact.export.runtime import instance_dir
     from vllm_maxact.export.snapshot import STATUS
 
     with _lock:
         if _collector is None:
-            _collector = MaxActCollector(get_config().runtime_dir, STATUS)
+            _collector = MaxActCollector(instance_dir(), STATUS)
         return _collector
 
 

@@ -16,18 +16,36 @@ from typing import Any
 
 logger = logging.getLogger("vllm_maxact")
 
-ENV = "VLLM_MAXACT_RUNTIME_DIR"
+#: Private hand-off from an instance's front end to the processes it starts.
+HANDOFF = "_VLLM_MAXACT_INSTANCE_DIR"  # no VLLM_ prefix: vLLM warns on unknown VLLM_* names
 
 
-def ensure_runtime_dir() -> tuple[Path, bool]:
-    """The instance's runtime dir, and whether this process created it (the front end)."""
-    if value := os.environ.get(ENV):
-        return Path(value), False
-    base = Path(tempfile.gettempdir()) / f"vllm-maxact-{os.getuid()}"
-    path = base / f"{os.getpid()}-{int(time.time())}"
+def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path, bool]:
+    """The instance's runtime dir, and whether this process is the instance's front end.
+
+    vLLM starts its engine core, workers and extra API servers with ``multiprocessing``; those
+    join the dir their parent handed down. Any other process (``vllm serve``, a script) is the
+    front end of a new instance, even when another instance's process launched it (a test
+    runner, a job script), so two instances never share a dir through an inherited variable.
+    """
+    import multiprocessing
+
+    inherited = os.environ.get(HANDOFF)
+    if inherited and multiprocessing.parent_process() is not None:
+        return Path(inherited), False
+    if configured is not None:
+        path = Path(configured)
+    else:
+        path = instances_root() / f"{os.getpid()}-{int(time.time())}"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.environ[ENV] = str(path)
+    os.environ[HANDOFF] = str(path)
     return path, True
+
+
+def instance_dir() -> Path | None:
+    """This process's instance runtime dir (set by `ensure_runtime_dir`)."""
+    value = os.environ.get(HANDOFF)
+    return Path(value) if value else None
 
 
 def _alive(pid: int) -> bool:
