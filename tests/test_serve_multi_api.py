@@ -10,11 +10,7 @@ import pytest
 import requests
 from servers import VllmServer
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skip(reason="open: with --api-server-count 2 the API server processes' /metrics did not "
-                     "carry vllm_maxact series on the CPU build (seen failing; registry hand-off under study)"),
-]
+pytestmark = pytest.mark.slow
 
 
 def test_every_api_server_serves_our_metrics(tiny_factory, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ class MaxActCollector(Collector):
 
 _lock = threading.Lock()
 _collector: MaxActCollector | None = None
-_registered: set[int] = set()
+_registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()  # ids would be reused after GC
 
 
 def collector() -> MaxActCollector:
@@ -199,8 +200,8 @@ def collector() -> MaxActCollector:
 
 def register_into(registry: CollectorRegistry) -> CollectorRegistry:
     with _lock:
-        already = id(registry) in _registered
-        _registered.add(id(registry))
+        already = registry in _registered
+        _registered.add(registry)
     if not already:
         registry.register(collector())
     return registry
@@ -226,6 +227,36 @@ def install_front_end() -> None:
 
     when_imported("vllm.v1.metrics.prometheus", patch)
     when_imported("vllm.entrypoints.serve.instrumentator.metrics", patch)
+    when_imported("prometheus_fastapi_instrumentator.instrumentation", _patch_instrumentator)
+
+
+class _MultiprocessWithMaxAct:
+    """Stands in for ``prometheus_client.multiprocess`` inside prometheus-fastapi-instrumentator.
+
+    With several API servers vLLM sets ``PROMETHEUS_MULTIPROC_DIR``, and the instrumentator's
+    ``/metrics`` handler (the route vLLM serves first) then builds a fresh registry per request
+    with only a ``MultiProcessCollector``, ignoring the registry vLLM handed it. Our collector
+    joins each of those registries; every API server reads the same runtime dir, so every one
+    serves the same values."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    def MultiProcessCollector(self, registry, *args, **kwargs):  # noqa: N802 (prometheus_client's name)
+        out = self._module.MultiProcessCollector(registry, *args, **kwargs)
+        if registry is not None:
+            register_into(registry)
+        return out
+
+
+def _patch_instrumentator(mod) -> None:
+    current = getattr(mod, "multiprocess", None)
+    if current is None or isinstance(current, _MultiprocessWithMaxAct):
+        return
+    mod.multiprocess = _MultiprocessWithMaxAct(current)
 
 
 def start_exporter(port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
