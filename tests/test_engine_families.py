@@ -35,8 +35,13 @@ def token_lists(seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(3, 49000) for _ in range(n)] for n in (5, 37, 120, 301, 64)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
-def test_every_site_matches_transformers(arch, tiny_factory):
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused"])
+def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
+    """``llama-fused``: the hot path GPUs use (Inductor-visible ops, per-layer deferred fold),
+    forced on the CPU build, so it runs inside real vLLM here too."""
+    if arch.endswith("-fused"):
+        arch = arch.removesuffix("-fused")
+        monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", "fused")
     model_dir = tiny_factory(arch)
     toks = token_lists()
     llm = build_llm(model_dir)

@@ -11,7 +11,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Literal, Annotated, Any
 
 import tomllib
 from pydantic import Field, ValidationError, field_validator
@@ -57,6 +57,12 @@ class MaxActConfig(BaseSettings):
     calibration: Path | None = Field(
         None, description="Calibration scales (JSON from `vllm-maxact scales`) for live INT-8 drift."
     )
+    hot_path: Literal["auto", "fused", "cpu_op"] = Field(
+        "auto",
+        description="How sites are reduced in the forward: 'fused' = plain tensor ops that Inductor fuses "
+        "and CUDA graphs replay; 'cpu_op' = one opaque op per layer (CPU only; compile time independent "
+        "of depth); 'auto' = cpu_op on CPU, fused elsewhere.",
+    )
     admin_token: str | None = Field(
         None, description="Bearer token required by state-changing HTTP endpoints (reset)."
     )
@@ -85,7 +91,8 @@ class MaxActConfig(BaseSettings):
     def signature(self) -> str:
         """What changes the traced graph; mixed into vLLM's compile-cache key."""
         return json.dumps(
-            {"kinds": [k.value for k in self.kinds], "layers": self.layers, "int8": self.int8_enabled},
+            {"kinds": [k.value for k in self.kinds], "layers": self.layers, "int8": self.int8_enabled,
+             "hot_path": self.hot_path},
             sort_keys=True,
         )
 

@@ -120,8 +120,11 @@ def instrument(
         if p.site in seen:
             raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
         seen.add(p.site)
+    cpu_op = None if cfg.hot_path == "auto" else cfg.hot_path == "cpu_op"
+    if cpu_op and torch.device(device).type != "cpu":
+        raise ValueError(f"VLLM_MAXACT_HOT_PATH=cpu_op needs a CPU model; this one is on {device} (use 'auto')")
     rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
-                   int8_hist=cfg.int8_check)
+                   int8_hist=cfg.int8_check, cpu_op=cpu_op)
     if cfg.calibration is not None:
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
