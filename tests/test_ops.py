@@ -206,3 +206,54 @@ def test_layer_groups_fold_once_per_layer_and_match_a_plain_forward(compiled, cp
     assert win.tokens == sum(valid)
     # The sites really differ (a slot mix-up between groups could not pass).
     assert len({round(float(v), 4) for v in win.max}) == len(rec.sites)
+
+
+@PATHS
+@pytest.mark.parametrize("compiled", [False, True])
+def test_channel_sites_record_per_channel_absmax(compiled, cpu_op):
+    """The opt-in mlp_in site (input of the merged gate/up projection): per-channel max |x|
+    over valid rows only, NaN left out, equal to a plain recomputation; scalar stats as usual."""
+    from vllm_maxact.adapters import Adapter
+    from vllm_maxact.config import MaxActConfig
+    from vllm_maxact.instrument import instrument
+
+    torch.manual_seed(1)
+    model = _Top().eval()
+    cfg = MaxActConfig(kinds="residual,mlp_in")
+    rec = instrument(model, cfg, torch.device("cpu"), adapter=Adapter())
+    rec.cpu_op = cpu_op
+    names = [s.name for s in rec.sites]
+    assert names.count("layers.0.mlp_in") == 1 and len(rec.chan_slots) == 3
+    fwd = torch.compile(model, fullgraph=True, dynamic=True) if compiled else model
+    xs = [torch.randn(n, 32) * s for n, s in ((6, 1.0), (11, 5.0))]
+    xs[1][:, 3] *= 50  # an outlier channel
+    xs[1][9, 4] = 1e6  # in a padding row: must not count
+    valid = [6, 9]
+    with torch.no_grad():
+        for x, n in zip(xs, valid, strict=True):
+            rec.begin_step(n)
+            fwd(x)
+            rec.end_step()
+        win = rec.collect()
+        want = {}
+        for x, n in zip(xs, valid, strict=True):
+            h, residual = x[:n], None
+            for i, layer in enumerate(model.model.layers):
+                xin = h if residual is None else h + residual
+                a = layer.self_attn(xin) * layer.scale
+                m = (xin + a).abs().amax(0).double().numpy()
+                key = f"layers.{i}.mlp_in"
+                want[key] = np.maximum(want[key], m) if key in want else m
+                h, residual = layer.mlp(xin + a), xin + a
+    for slot in rec.chan_slots:
+        name = rec.sites[slot].name
+        np.testing.assert_allclose(win.chan[slot], want[name], rtol=1e-5, err_msg=name)
+        assert win.absmax[slot] == pytest.approx(win.chan[slot].max(), rel=1e-6)  # same values, two reductions
+    assert win.chan[rec.chan_slots[0]].argmax() == 3  # the outlier channel, not the padding row's
+    # The per-channel vectors reach the Arrow table.
+    from vllm_maxact.export.arrow import rows_from_stats
+    from vllm_maxact.publish import stats_dict
+
+    rows = {r["site"]: r for r in rows_from_stats({}, names, stats_dict(win), window="lifetime", rank=None)}
+    assert rows["layers.1.residual"]["channel_absmax"] is None
+    np.testing.assert_allclose(rows["layers.1.mlp_in"]["channel_absmax"], want["layers.1.mlp_in"], rtol=1e-5)

@@ -62,6 +62,13 @@ def hidden_arg(index: int = 1, name: str = "hidden_states") -> Callable[[tuple, 
     return extract
 
 
+def linear_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """A vLLM linear layer's input (``forward(input_)``)."""
+    if "input_" in kwargs:
+        return kwargs["input_"]
+    return args[0] if args else None
+
+
 def is_missing(module: Any) -> bool:
     """Pipeline-parallel placeholders for layers that live on another rank."""
     return module is None or type(module).__name__ == "PPMissingLayer"
@@ -81,6 +88,7 @@ class Adapter:
     attn_attr = "self_attn"
     mlp_attr = "mlp"
     gate_up_attr = "gate_up_proj"
+    qkv_attr = "qkv_proj"  # inside the attention block: its input is the attn_in site
     router_attr: str | None = None  # e.g. "gate" inside an MoE block
     norm_attr = "norm"
     #: Position of the hidden states among a decoder layer's positional arguments (Llama's
@@ -123,12 +131,16 @@ class Adapter:
         attn = getattr(layer, self.attn_attr, None)
         if attn is not None:
             yield Probe(Site(Kind.ATTN_OUT, i), attn, "output", first)
+            qkv = getattr(attn, self.qkv_attr, None)
+            if qkv is not None:
+                yield Probe(Site(Kind.ATTN_IN, i), qkv, "input", linear_input)
         mlp = getattr(layer, self.mlp_attr, None)
         if mlp is not None:
             yield Probe(Site(Kind.MLP_OUT, i), mlp, "output", first)
             gate_up = getattr(mlp, self.gate_up_attr, None)
             if gate_up is not None:
                 yield Probe(Site(Kind.GATE, i), gate_up, "output", gate_half)
+                yield Probe(Site(Kind.MLP_IN, i), gate_up, "input", linear_input)
             router = getattr(mlp, self.router_attr, None) if self.router_attr else None
             if router is not None:
                 yield Probe(Site(Kind.ROUTER, i), router, "output", first)

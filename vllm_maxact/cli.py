@@ -68,10 +68,13 @@ def main() -> None:
               help="INT-8 reconstruction check at every site (calibrate, then evaluate), on the device.")
 @click.option("--calib-samples", type=int, default=128, show_default=True, help="INT-8 calibration samples.")
 @click.option("--eval-samples", type=int, default=256, show_default=True, help="INT-8 evaluation samples.")
+@click.option("--kinds", default=None, metavar="LIST",
+              help="Site kinds to record, comma separated; 'default' = the default set. E.g. "
+              "'default,attn_in,mlp_in' adds per-channel input maxima (for --format smoothquant).")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, tensor_parallel_size, dtype,
-           max_model_len, engine_arg, int8_check, calib_samples, eval_samples, skip_bad,
+           max_model_len, engine_arg, int8_check, calib_samples, eval_samples, kinds, skip_bad,
            quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
     from rich.console import Console
@@ -103,6 +106,16 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
         raise click.ClickException(str(e)) from None
 
     os.environ.setdefault("VLLM_MAXACT_ENABLE", "1")
+    if kinds:
+        from vllm_maxact.config import DEFAULT_KINDS, ConfigError, MaxActConfig
+
+        names = [k.strip() for k in kinds.split(",") if k.strip()]
+        names = [v for n in names for v in ([k.value for k in DEFAULT_KINDS] if n == "default" else [n])]
+        try:
+            MaxActConfig(kinds=",".join(dict.fromkeys(names)))
+        except (ConfigError, ValueError) as e:
+            raise click.BadParameter(str(e).splitlines()[-1] if str(e) else "bad kinds", param_hint="--kinds") from None
+        os.environ["VLLM_MAXACT_KINDS"] = ",".join(dict.fromkeys(names))  # read by the workers
     if int8_check:
         os.environ["VLLM_MAXACT_INT8_CHECK"] = "1"  # read by the workers when they start
     _cpu_defaults()
@@ -265,14 +278,22 @@ def compare(files, labels, window, out_dir) -> None:
 
 @main.command()
 @click.argument("arrow_file", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "smoothquant"]), default="json",
+              show_default=True, help="json/csv: per-site static scales; smoothquant: per-channel smoothing "
+              "factors (needs attn_in/mlp_in sites and --model).")
 @click.option("--threshold", type=click.Choice(["max", "p999"]), default="max", show_default=True,
               help="Which calibration threshold sets int8_scale (p999 needs replay --int8-check).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="smoothquant: the checkpoint folder (safetensors) the statistics were recorded on.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="smoothquant: migration strength (0 = all on activations, 1 = all on weights).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file [default: stdout].")
-def scales(arrow_file, fmt, threshold, out) -> None:
-    """Export static per-site activation scales (INT-8 and FP8 E4M3) from a replay Arrow file.
+def scales(arrow_file, fmt, threshold, model_dir, alpha, out) -> None:
+    """Export static per-site activation scales (INT-8 and FP8 E4M3) from a replay Arrow file,
+    or SmoothQuant per-channel smoothing factors (--format smoothquant).
 
-    The JSON also serves as VLLM_MAXACT_CALIBRATION for live INT-8 drift metrics in serving."""
+    The JSON also serves as VLLM_MAXACT_CALIBRATION for live INT-8 drift metrics in serving;
+    a smoothquant file feeds `vllm-maxact smooth`."""
     import csv
     import io
     import json
@@ -280,6 +301,19 @@ def scales(arrow_file, fmt, threshold, out) -> None:
     from vllm_maxact.int8 import scales_document
     from vllm_maxact.report import ReportError, load
 
+    if fmt == "smoothquant":
+        from vllm_maxact import smoothquant
+
+        if model_dir is None:
+            raise click.UsageError("--format smoothquant needs --model (the checkpoint folder, for its weights)")
+        if not (model_dir / "config.json").is_file():
+            raise click.BadParameter(f"{model_dir} has no config.json", param_hint="--model")
+        try:
+            doc = smoothquant.document(load(arrow_file), model_dir, alpha=alpha, source=str(arrow_file))
+        except (ReportError, smoothquant.SmoothQuantError) as e:
+            raise click.ClickException(str(e)) from None
+        _emit(json.dumps(doc, indent=1) + "\n", out, f"{len(doc['layers'])} smoothing vectors")
+        return
     try:
         doc = scales_document(load(arrow_file), threshold=threshold, source=str(arrow_file))
     except (ReportError, ValueError) as e:
@@ -294,16 +328,42 @@ def scales(arrow_file, fmt, threshold, out) -> None:
         for name, row in doc["sites"].items():
             w.writerow({"site": name, **row})
         text = buf.getvalue()
+    _emit(text, out, f"{len(doc['sites'])} site scales")
+
+
+def _emit(text: str, out: Path | None, what: str) -> None:
     if out is None:
         click.echo(text, nl=False)
-    else:
-        from vllm_maxact.publish import write_atomic
+        return
+    from vllm_maxact.publish import write_atomic
 
-        try:
-            write_atomic(out, text.encode())
-        except OSError as e:
-            raise click.ClickException(f"cannot write {out}: {e}") from None
-        click.echo(f"{len(doc['sites'])} site scales -> {out}")
+    try:
+        write_atomic(out, text.encode())
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e}") from None
+    click.echo(f"{what} -> {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("smoothing_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the smoothed checkpoint (must differ from MODEL_DIR).")
+def smooth(model_dir, smoothing_file, out_dir) -> None:
+    """Write a SmoothQuant-smoothed copy of a checkpoint (same function; flatter activations).
+
+    SMOOTHING_FILE comes from `vllm-maxact scales FILE.arrow --format smoothquant --model MODEL_DIR`.
+    Quantize the result with any W8A8 tool; see the README."""
+    from vllm_maxact import smoothquant
+
+    try:
+        doc = smoothquant.read_document(smoothing_file)
+        smoothquant.apply(model_dir, doc, out_dir, progress=True)
+    except smoothquant.SmoothQuantError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out_dir}: {e}") from None
+    click.echo(f"smoothed {len(doc['layers'])} norm/linear groups (alpha {doc['alpha']}) -> {out_dir}")
 
 
 

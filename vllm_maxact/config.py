@@ -17,10 +17,11 @@ import tomllib
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vllm_maxact.sites import KIND_ORDER, Kind
+from vllm_maxact.sites import CHANNEL_KINDS, KIND_ORDER, Kind
 
 ENV_PREFIX = "VLLM_MAXACT_"
-DEFAULT_KINDS = tuple(KIND_ORDER)
+#: Every kind but the opt-in per-channel ones (attn_in, mlp_in).
+DEFAULT_KINDS = tuple(k for k in KIND_ORDER if k not in CHANNEL_KINDS)
 
 
 class ConfigError(ValueError):
@@ -32,7 +33,8 @@ class MaxActConfig(BaseSettings):
 
     enable: bool = Field(True, description="Master switch: 0 leaves vLLM untouched.")
     kinds: Annotated[tuple[Kind, ...], NoDecode] = Field(
-        DEFAULT_KINDS, description="Site kinds to record, comma separated (e.g. 'residual,attn_out')."
+        DEFAULT_KINDS, description="Site kinds to record, comma separated (e.g. 'residual,attn_out'); add "
+        "attn_in,mlp_in for per-channel input maxima (SmoothQuant scales)."
     )
     layers: str | None = Field(
         None, description="Restrict per-layer sites to these layers: '0-3,10' (default: all)."

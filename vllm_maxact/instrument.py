@@ -15,7 +15,7 @@ from torch import nn
 from vllm_maxact.adapters import Adapter, Probe, find_adapter
 from vllm_maxact.config import MaxActConfig
 from vllm_maxact.recorder import Recorder
-from vllm_maxact.sites import Kind
+from vllm_maxact.sites import CHANNEL_KINDS, Kind
 
 logger = logging.getLogger("vllm_maxact")
 
@@ -61,6 +61,14 @@ def _flush_hook(rec: Recorder, group: int):
         rec.flush(group)
 
     return hook
+
+
+def linear_width(module: nn.Module) -> int:
+    """Input features of a (vLLM or torch) linear layer: the width of a channel site."""
+    for attr in ("input_size", "in_features"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return module.weight.shape[-1]
 
 
 def _contains(outer: nn.Module, inner: nn.Module) -> bool:
@@ -123,8 +131,9 @@ def instrument(
     cpu_op = None if cfg.hot_path == "auto" else cfg.hot_path == "cpu_op"
     if cpu_op and torch.device(device).type != "cpu":
         raise ValueError(f"VLLM_MAXACT_HOT_PATH=cpu_op needs a CPU model; this one is on {device} (use 'auto')")
+    widths = {p.site: linear_width(p.module) for p in probes if p.site.kind in CHANNEL_KINDS}
     rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
-                   int8_hist=cfg.int8_check, cpu_op=cpu_op)
+                   int8_hist=cfg.int8_check, cpu_op=cpu_op, widths=widths)
     if cfg.calibration is not None:
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name

@@ -136,3 +136,38 @@ def record_cpu(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tenso
 @record_cpu.register_fake
 def _(extrema, counts, n_valid, slots, xs) -> None:
     return None
+
+
+# -- per-channel max |x| (the opt-in attn_in / mlp_in sites) -----------------------------------
+
+
+def channel_absmax(x: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """float32 [H]: max |x| per channel over the valid rows; NaN/Inf are left out (counted by
+    `record`), so they never reach a smoothing factor."""
+    x2 = x.reshape(-1, x.shape[-1])
+    keep = (torch.arange(x2.shape[0], device=x2.device) < n_valid)[:, None] & torch.isfinite(x2)
+    return torch.where(keep, x2.abs(), 0).amax(dim=0).float()
+
+
+def record_channels(chan: torch.Tensor, n_valid: torch.Tensor, row: int, x: torch.Tensor) -> None:
+    """Fold ``x``'s per-channel max |x| into row ``row`` of ``chan`` [C, H] (whole-buffer update,
+    as in `fold`)."""
+    m = channel_absmax(x, n_valid)
+    sel = (torch.arange(chan.shape[0], device=chan.device) == row)[:, None]
+    chan.copy_(torch.where(sel, torch.maximum(chan, m[None, :]), chan))
+
+
+@torch.library.custom_op("vllm_maxact::record_channels_cpu", mutates_args=("chan",), device_types="cpu")
+def record_channels_cpu(chan: torch.Tensor, n_valid: torch.Tensor, row: int, x: torch.Tensor) -> None:
+    """`record_channels` for CPU tensors (see `record_cpu`)."""
+    n = int(n_valid[0])
+    if n <= 0:
+        return
+    x2 = x.reshape(-1, x.shape[-1])[:n]
+    if x2.numel():
+        torch.maximum(chan[row], channel_absmax(x2, n_valid).to(chan.dtype), out=chan[row])
+
+
+@record_channels_cpu.register_fake
+def _(chan, n_valid, row, x) -> None:
+    return None

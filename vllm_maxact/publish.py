@@ -40,6 +40,8 @@ def stats_dict(s: Stats) -> dict[str, Any]:
         "tokens": int(s.tokens),
         "start": s.start,
         "end": s.end,
+        # channel sites only: site index -> per-channel max |x|
+        **({"channels": {str(i): _floats(v) for i, v in sorted(s.chan.items())}} if s.chan else {}),
     }
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vllm_maxact import ops, ops_int8
-from vllm_maxact.sites import Site
+from vllm_maxact.sites import CHANNEL_KINDS, Site
 
 
 @dataclass
@@ -34,6 +34,8 @@ class Stats:
     tokens: int = 0
     start: float = field(default_factory=time.time)
     end: float = field(default_factory=time.time)
+    #: channel sites only (slot -> float64 [H]): per-channel max |x|
+    chan: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, sites: list[Site], start: float | None = None) -> Stats:
@@ -60,6 +62,9 @@ class Stats:
     def merge(self, other: Stats) -> Stats:
         """Elementwise union of two spans of the same sites."""
         assert self.sites == other.sites
+        chan = dict(self.chan)
+        for sl, v in other.chan.items():
+            chan[sl] = np.maximum(chan[sl], v) if sl in chan else v.copy()
         return Stats(
             self.sites,
             np.maximum(self.max, other.max),
@@ -69,6 +74,7 @@ class Stats:
             self.tokens + other.tokens,
             min(self.start, other.start),
             max(self.end, other.end),
+            chan,
         )
 
     def copy(self) -> Stats:
@@ -81,6 +87,7 @@ class Stats:
             self.tokens,
             self.start,
             self.end,
+            {sl: v.copy() for sl, v in self.chan.items()},
         )
 
 
@@ -95,8 +102,12 @@ class SiteGroup(nn.Module):
     depth), and the fold's masked work is per layer, not per model.
     """
 
-    def __init__(self, n: int, device: torch.device, int8: bool) -> None:
+    def __init__(self, n: int, device: torch.device, int8: bool, channels: int = 0, width: int = 0) -> None:
         super().__init__()
+        if channels:
+            # Per-channel max |x| of the group's channel sites (attn_in, mlp_in), one row each.
+            self.register_buffer("chan", torch.zeros(channels, width, dtype=torch.float32, device=device),
+                                 persistent=False)
         # Registered buffers (non-persistent: never part of a checkpoint) so that Dynamo lifts them
         # as graph inputs with stable addresses, which CUDA-graph replay writes through.
         self.register_buffer("extrema", torch.empty(n, 2, dtype=torch.float32, device=device), persistent=False)
@@ -123,7 +134,7 @@ class Recorder(nn.Module):
 
     def __init__(
         self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
-        int8_hist: bool = True, cpu_op: bool | None = None,
+        int8_hist: bool = True, cpu_op: bool | None = None, widths: dict[Site, int] | None = None,
     ) -> None:
         super().__init__()
         self.sites = list(sites)
@@ -143,7 +154,24 @@ class Recorder(nn.Module):
                 self.where[slot] = (g, k)
         self.int8 = int8
         self.int8_hist = int8 and int8_hist  # the calibration histogram (replay --int8-check only)
-        self.groups = nn.ModuleList(SiteGroup(len(sl), device, int8) for sl in self.group_slots)
+        # Channel sites (kinds in CHANNEL_KINDS): slot -> row in its group's `chan` buffer.
+        widths = widths or {}
+        self.chan_row: dict[int, int] = {}
+        chan_rows: list[list[int]] = []
+        for slots in self.group_slots:
+            rows = [sl for sl in slots if self.sites[sl].kind in CHANNEL_KINDS]
+            for r, sl in enumerate(rows):
+                if self.sites[sl] not in widths:
+                    raise ValueError(f"channel site {self.sites[sl]} needs its width (channels)")
+                self.chan_row[sl] = r
+            chan_rows.append(rows)
+        #: channel sites in the order `collect` returns their rows, and their widths
+        self.chan_slots = [sl for rows in chan_rows for sl in rows]
+        self._chan_width = {sl: widths[self.sites[sl]] for sl in self.chan_slots}
+        self.groups = nn.ModuleList(
+            SiteGroup(len(sl), device, int8, len(rows), max((widths[self.sites[r]] for r in rows), default=0))
+            for sl, rows in zip(self.group_slots, chan_rows, strict=True)
+        )
         self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
         #: Row statistics waiting for their group's fold (see `defer` / `flush`): traced as a
         #: Python list inside one forward, always empty between forwards.
@@ -178,6 +206,9 @@ class Recorder(nn.Module):
             ops.record_cpu(group.extrema, group.counts, self.n_valid, [k], [x])
         else:
             ops.record(group.extrema, group.counts, self.n_valid, k, x)
+        if slot in self.chan_row:
+            (ops.record_channels_cpu if self.cpu_op else ops.record_channels)(
+                group.chan, self.n_valid, self.chan_row[slot], x)
         if self.int8:
             ops_int8.record_int8(group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
                                  with_hist=self.int8_hist)
@@ -199,6 +230,9 @@ class Recorder(nn.Module):
                 ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, values)
             else:
                 ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
+
+    def chan_width(self, slot: int) -> int:
+        return self._chan_width[slot]
 
     # -- host-side views (concatenated over groups, in slot order) --------------------------
     def _cat(self, name: str) -> torch.Tensor:
@@ -243,6 +277,8 @@ class Recorder(nn.Module):
             g.extrema[:, 0].fill_(float("-inf"))
             g.extrema[:, 1].fill_(float("inf"))
             g.counts.zero_()
+            if hasattr(g, "chan"):
+                g.chan.zero_()
             if self.int8:
                 g.qacc.zero_()
                 g.qcnt.zero_()
@@ -253,13 +289,17 @@ class Recorder(nn.Module):
         with self._lock:
             ext = self.extrema.to("cpu", copy=True).double().numpy()
             cnt = self.counts.to("cpu", copy=True).numpy()
+            chan = None
+            if self.chan_slots:
+                rows = torch.cat([g.chan for g in self.groups if hasattr(g, "chan")]).to("cpu").numpy()
+                chan = {sl: rows[i, : self.chan_width(sl)].astype(np.float64) for i, sl in enumerate(self.chan_slots)}
             if self.int8:
                 qa = self._cat("qacc").to("cpu").numpy()
                 qc = self._cat("qcnt").to("cpu").numpy()
             self._arm()
             now = time.time()
             win = Stats(self.sites, ext[:, 0], ext[:, 1], cnt[:, 0], cnt[:, 1], self._pending_tokens,
-                        self._window_start, now)
+                        self._window_start, now, chan or {})
             self._pending_tokens = 0
             self._window_start = now
             self.last_collect = now

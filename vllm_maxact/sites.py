@@ -18,6 +18,10 @@ class Kind(str, enum.Enum):
     GATE = "gate"  # pre-activation gate half of the merged gate_up projection
     ROUTER = "router"  # MoE router logits
     FINAL_NORM = "final_norm"  # output of the final norm
+    # Optional (not recorded by default): inputs of the linear layers SmoothQuant smooths, with
+    # per-channel max |x| besides the usual statistics.
+    ATTN_IN = "attn_in"  # input of the attention's QKV projection (the input norm's output)
+    MLP_IN = "mlp_in"  # input of the MLP's gate/up projection (the pre-MLP norm's output)
 
     def __str__(self) -> str:  # so f-strings and labels print the bare value
         return self.value
@@ -34,8 +38,13 @@ KIND_ORDER = [
     Kind.MLP_OUT,
     Kind.GATE,
     Kind.ROUTER,
+    Kind.ATTN_IN,
+    Kind.MLP_IN,
     Kind.FINAL_NORM,
 ]
+
+#: Kinds that also record per-channel max |x| (an opt-in site set, for SmoothQuant scales).
+CHANNEL_KINDS = frozenset({Kind.ATTN_IN, Kind.MLP_IN})
 
 
 @dataclass(frozen=True, order=True)

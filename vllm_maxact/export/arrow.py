@@ -21,7 +21,7 @@ import pyarrow.feather as feather
 
 from vllm_maxact.sites import Kind, Site
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: channel_absmax
 _TS = pa.timestamp("us", tz="UTC")
 
 SCHEMA = pa.schema(
@@ -45,6 +45,8 @@ SCHEMA = pa.schema(
         pa.field("tokens", pa.int64()),
         pa.field("nan_count", pa.int64()),
         pa.field("inf_count", pa.int64()),
+        # attn_in / mlp_in sites only: max |x| per input channel (SmoothQuant's statistic)
+        pa.field("channel_absmax", pa.list_(pa.float32())),
     ],
     metadata={"vllm_maxact.schema_version": SCHEMA_VERSION},
 )
@@ -80,6 +82,12 @@ def merge_ranks(stats: Sequence[dict[str, Any]], sites: Sequence[str]) -> dict[s
             vals = [s[key][i] for s in stats]
             # Replicated tensors: every rank saw the same values; sharded: disjoint columns.
             out[key].append(sum(vals) if sharded else max(vals))
+    chans: dict[str, list[float]] = {}
+    for s in stats:  # inputs of column-parallel layers are replicated: max over ranks
+        for key, v in s.get("channels", {}).items():
+            chans[key] = v if key not in chans else [max(a, b) for a, b in zip(chans[key], v, strict=True)]
+    if chans:
+        out["channels"] = chans
     out["tokens"] = max(s["tokens"] for s in stats)
     out["start"] = min(s["start"] for s in stats)
     out["end"] = max(s["end"] for s in stats)
@@ -115,6 +123,7 @@ def rows_from_stats(
                 "tokens": stats["tokens"],
                 "nan_count": stats["nan"][i],
                 "inf_count": stats["inf"][i],
+                "channel_absmax": stats.get("channels", {}).get(str(i)),
             }
         )
     return rows
