@@ -117,3 +117,24 @@ def test_cli_errors_name_the_problem(tmp_path):
         smoothquant.document(wrong, src)
     with pytest.raises(smoothquant.SmoothQuantError, match="must differ"):
         smoothquant.apply(src, {"layers": []}, src)
+
+
+def test_report_and_scales_accept_channel_sites(tmp_path):
+    """A replay file with the opt-in channel kinds goes through report and the per-site scales."""
+    import pyarrow.feather as feather
+
+    rng = np.random.default_rng(0)
+    chans = {f"layers.{i}.{k}": rng.random(16) * (i + 1) for i in range(2) for k in ("attn_in", "mlp_in")}
+    sites = sorted(chans) + ["layers.0.residual", "layers.1.residual"]
+    stats = {"max": [float(chans[s].max()) if s in chans else 50.0 * (j + 1) for j, s in enumerate(sites)],
+             "min": [-1.0] * len(sites), "nan": [0] * len(sites), "inf": [0] * len(sites), "tokens": 7,
+             "channels": {str(i): list(chans[s]) for i, s in enumerate(sites) if s in chans}}
+    path = tmp_path / "stats.arrow"
+    feather.write_feather(pa.Table.from_pylist(
+        rows_from_stats({"model": "m"}, sites, stats, window="replay", rank=None), schema=SCHEMA), path)
+    r = CliRunner().invoke(main, ["report", str(path), "--out-dir", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "attn_in" in html and "mlp_in" in html
+    r = CliRunner().invoke(main, ["scales", str(path), "--format", "csv"])
+    assert r.exit_code == 0 and "layers.1.mlp_in" in r.output, r.output

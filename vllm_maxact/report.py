@@ -50,6 +50,8 @@ KIND_COLORS = {
     "gate": "#9467bd",
     "router": "#8c564b",
     "final_norm": "#d62728",
+    "attn_in": "#17becf",
+    "mlp_in": "#bcbd22",
 }
 INT8_SQNR = "int8_sqnr_db"
 _GLOBAL = [k.value for k in KIND_ORDER if k in GLOBAL_KINDS]
