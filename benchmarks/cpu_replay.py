@@ -8,7 +8,8 @@ tokenized once with the model's tokenizer), same machine, one run:
              at a time (the study's method, reduced to what it needs: max/min per site)
   plain      vLLM prompt-only prefill with the plugin installed but switched off
   maxact     vLLM prompt-only prefill with the plugin recording every default site, through
-             `vllm_maxact.replay.run_replay` (what `vllm-maxact replay` does)
+             `vllm_maxact.replay.run_replay` (what `vllm-maxact replay` does), CPU hot path
+  maxact_fused  the same with VLLM_MAXACT_HOT_PATH=fused (the GPU hot path), for comparison
 
 Prompt tokens/s exclude start-up (engine build, compilation, model load). The two vLLM
 engines live side by side (each has its own worker process; the switch is read when a worker
@@ -60,12 +61,18 @@ def main() -> None:
     from vllm_maxact.replay import run_replay
 
     model = resolve_model("smollm2-135m")
+    startup: dict[str, float] = {}
     samples = load_corpus("builtin")[: args.samples]
     engines = {}
-    for name, enable in (("plain", "0"), ("maxact", "1")):
+    # maxact: the default hot path on CPU (one opaque op per layer); maxact_fused: the GPU hot
+    # path (Inductor-fused tensor ops), for comparison.
+    for name, enable, hot in (("plain", "0", "auto"), ("maxact", "1", "auto"), ("maxact_fused", "1", "fused")):
         os.environ["VLLM_MAXACT_ENABLE"] = enable
+        os.environ["VLLM_MAXACT_HOT_PATH"] = hot
+        t0 = time.perf_counter()
         engines[name] = LLM(model, enable_prefix_caching=False, max_model_len=args.max_tokens + 1,
                             dtype="bfloat16")
+        startup[name] = time.perf_counter() - t0
     tok = engines["plain"].get_tokenizer()
     toks = [tok(s.text).input_ids[: args.max_tokens] for s in samples]
     n_tokens = sum(map(len, toks))
@@ -76,21 +83,23 @@ def main() -> None:
         engines["plain"].generate([{"prompt_token_ids": t} for t in toks], params, use_tqdm=False)
         return n_tokens / (time.perf_counter() - t0)
 
-    def maxact() -> float:
+    def replay(name: str) -> float:
         t0 = time.perf_counter()
-        res = run_replay(engines["maxact"], samples, model="smollm2-135m", targets=[args.max_tokens] * len(toks))
+        res = run_replay(engines[name], samples, model="smollm2-135m", targets=[args.max_tokens] * len(toks))
         dt = time.perf_counter() - t0
         assert res.tokens == n_tokens, (res.tokens, n_tokens)
         return n_tokens / dt  # includes tokenization and per-batch reads: the whole replay
 
-    plain(), maxact()  # warm-up
-    runs: dict[str, list[float]] = {"plain": [], "maxact": []}
-    for _ in range(args.reps):
-        runs["plain"].append(plain())
-        runs["maxact"].append(maxact())
+    timers = {"plain": plain, "maxact": lambda: replay("maxact"), "maxact_fused": lambda: replay("maxact_fused")}
+    for f in timers.values():  # warm-up
+        f()
+    runs: dict[str, list[float]] = {k: [] for k in timers}
+    for _ in range(args.reps):  # alternated
+        for k, f in timers.items():
+            runs[k].append(f())
     for e in engines.values():
         e.llm_engine.engine_core.shutdown()
-    del engines
+    engines.clear()
     hf = [hf_hooks_tokens_per_s(model, toks) for _ in range(max(1, args.reps // 2))]
     med = {k: statistics.median(v) for k, v in runs.items()}
     med["hf_hooks"] = statistics.median(hf)
@@ -101,12 +110,15 @@ def main() -> None:
         "vllm": vllm.__version__, "torch": torch.__version__,
         "samples": len(toks), "prompt_tokens": n_tokens, "runs": runs, "hf_hooks_runs": hf,
         "median_tok_per_s": med,
+        "startup_s": startup,
         "maxact_vs_plain": med["maxact"] / med["plain"],
+        "maxact_fused_vs_plain": med["maxact_fused"] / med["plain"],
         "maxact_vs_hf_hooks": med["maxact"] / med["hf_hooks"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("median_tok_per_s", "maxact_vs_plain", "maxact_vs_hf_hooks")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("median_tok_per_s", "startup_s", "maxact_vs_plain", "maxact_fused_vs_plain",
+                                             "maxact_vs_hf_hooks")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def main() -> None:
                                    extra_args=("--no-enable-prefix-caching",))
     try:
         runs: dict[str, list[float]] = {"plain": [], "maxact": []}
-        for name, srv in servers.items():  # warm-up
+        for srv in servers.values():  # warm-up
             asyncio.run(burst(srv.url, "smollm2", prompts[:8], args.concurrency, args.max_tokens))
         for _ in range(args.rounds):
             for name, srv in servers.items():

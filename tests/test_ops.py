@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_maxact import ops
 from vllm_maxact.recorder import Recorder
 from vllm_maxact.sites import Kind, Site
 
