@@ -60,3 +60,22 @@ def record_int8(
     )  # [T, 2]
     qacc[slot].add_(torch.where(on, sums.double(), 0.0))
     qcnt[slot].add_(torch.where(on, counts, 0))
+
+
+@torch.library.custom_op(
+    "vllm_maxact::record_int8_cpu", mutates_args=("qacc", "qcnt", "qhist"), device_types="cpu"
+)
+def record_int8_cpu(
+    qthr: torch.Tensor, qacc: torch.Tensor, qcnt: torch.Tensor, qhist: torch.Tensor, qmode: torch.Tensor,
+    n_valid: torch.Tensor, slot: int, x: torch.Tensor, with_hist: bool,
+) -> None:
+    """`record_int8` as one opaque op (the CPU hot path, see `ops.record_cpu`): the same code,
+    run eagerly, skipped when the phase is off or nothing is valid."""
+    if int(qmode[0]) == 0 or int(n_valid[0]) <= 0:
+        return
+    record_int8(qthr, qacc, qcnt, qhist, qmode, n_valid, slot, x, with_hist=with_hist)
+
+
+@record_int8_cpu.register_fake
+def _(qthr, qacc, qcnt, qhist, qmode, n_valid, slot, x, with_hist) -> None:
+    return None

@@ -210,8 +210,9 @@ class Recorder(nn.Module):
             (ops.record_channels_cpu if self.cpu_op else ops.record_channels)(
                 group.chan, self.n_valid, self.chan_row[slot], x)
         if self.int8:
-            ops_int8.record_int8(group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
-                                 with_hist=self.int8_hist)
+            (ops_int8.record_int8_cpu if self.cpu_op else ops_int8.record_int8)(
+                group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
+                with_hist=self.int8_hist)
 
     def defer(self, slot: int) -> int:
         """Make ``slot``'s group fold once per forward, at `flush` (one kernel, or one CPU op
