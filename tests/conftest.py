@@ -17,6 +17,17 @@ os.environ.setdefault("VLLM_MAXACT_PUBLISH_INTERVAL_S", "0.5")
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(autouse=True)
+def _restore_maxact_environment():
+    """The CLI sets VLLM_MAXACT_* for the engine it starts, in the calling process (here: the
+    test process); no test may leak such settings into the engines of later tests."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("VLLM_MAXACT_")}
+    yield
+    for k in [k for k in os.environ if k.startswith("VLLM_MAXACT_") and k not in saved]:
+        del os.environ[k]
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
     from vllm_maxact.models import resolve_model

@@ -64,8 +64,10 @@ def test_channel_sites_match_transformers(tiny_factory, monkeypatch):
     assert got["layers.0.residual"]["channel_absmax"] is None  # only the channel kinds carry vectors
 
 
-def test_replay_scales_smooth_replay(tiny_factory, tmp_path):
+def test_replay_scales_smooth_replay(tiny_factory, tmp_path, monkeypatch):
     model_dir = tiny_factory("llama")
+    # The CLI sets VLLM_MAXACT_KINDS for the engine it starts, in this process: restore it after.
+    monkeypatch.setenv("VLLM_MAXACT_KINDS", "residual,attn_in,mlp_in")
     run = CliRunner().invoke
     a = tmp_path / "before.arrow"
     common = ["--samples", "24", "--quiet", "--kinds", "residual,attn_in,mlp_in"]
