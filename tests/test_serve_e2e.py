@@ -17,6 +17,7 @@ import requests
 from servers import Prometheus, VllmServer
 
 import vllm_maxact
+from vllm_maxact.export.arrow import SCHEMA_VERSION
 from vllm_maxact.export.snapshot import latest, list_snapshots
 
 pytestmark = pytest.mark.slow
@@ -127,7 +128,7 @@ def test_snapshot_schema_and_retention(server, traffic):
     snaps = list_snapshots(server.snapshots)
     assert 1 <= len(snaps) <= 5  # retention
     t = feather.read_table(snaps[-1])
-    assert t.schema.metadata[b"vllm_maxact.schema_version"] == b"1"
+    assert t.schema.metadata[b"vllm_maxact.schema_version"] == SCHEMA_VERSION.encode()
     assert set(t["window"].to_pylist()) == {"lifetime", "recent"}
     assert {"timestamp", "model", "vllm_version", "plugin_version", "site", "kind", "layer", "rank",
             "absmax", "max", "min", "tokens", "nan_count", "inf_count"} <= set(t.column_names)
