@@ -113,6 +113,20 @@ def prompt_only(llm, token_lists: list[list[int]]) -> None:
     llm.generate([{"prompt_token_ids": t} for t in token_lists], SamplingParams(max_tokens=1), use_tqdm=False)
 
 
+def served_stats(model: str, token_lists: list[list[int]], *, per_rank: bool = False, **engine_kwargs):
+    """A fresh engine for ``model``: reset, prompt-only over ``token_lists``, read back
+    (`vllm_maxact.read_stats`), closed."""
+    import vllm_maxact
+
+    llm = build_llm(model, **engine_kwargs)
+    try:
+        vllm_maxact.reset_stats(llm)
+        prompt_only(llm, token_lists)
+        return vllm_maxact.read_stats(llm, per_rank=per_rank)
+    finally:
+        close_llm(llm)
+
+
 def stats_by_site(table) -> dict[str, dict]:
     rows = [r for r in table.to_pylist() if r["rank"] is None and r["domain"] is None]
     return {r["site"]: r for r in rows}

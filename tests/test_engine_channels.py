@@ -18,11 +18,10 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 from click.testing import CliRunner
-from conftest import build_llm, close_llm, prompt_only, stats_by_site
+from conftest import served_stats, stats_by_site
 from test_engine_families import token_lists
 from test_smoothquant import capture
 
-import vllm_maxact
 from vllm_maxact.cli import main
 
 pytestmark = pytest.mark.slow
@@ -37,13 +36,7 @@ def test_channel_sites_match_transformers(tiny_factory, monkeypatch):
     model_dir = tiny_factory("llama")
     monkeypatch.setenv("VLLM_MAXACT_KINDS", "embedding,residual,attn_out,mlp_out,gate,final_norm,attn_in,mlp_in")
     toks = token_lists()
-    llm = build_llm(model_dir)
-    try:
-        vllm_maxact.reset_stats(llm)
-        prompt_only(llm, toks)
-        got = stats_by_site(vllm_maxact.read_stats(llm))
-    finally:
-        close_llm(llm)
+    got = stats_by_site(served_stats(model_dir, toks))
     import torch
 
     ref, _ = capture(model_dir, toks, dtype=torch.bfloat16)

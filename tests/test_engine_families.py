@@ -14,9 +14,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import build_llm, close_llm, prompt_only, stats_by_site
+from conftest import served_stats, stats_by_site
 
-import vllm_maxact
 from vllm_maxact.reference import reference_stats
 from vllm_maxact.sites import Kind, Site
 
@@ -44,13 +43,7 @@ def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
         monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", "fused")
     model_dir = tiny_factory(arch)
     toks = token_lists()
-    llm = build_llm(model_dir)
-    try:
-        vllm_maxact.reset_stats(llm)
-        prompt_only(llm, toks)
-        got = stats_by_site(vllm_maxact.read_stats(llm))
-    finally:
-        close_llm(llm)
+    got = stats_by_site(served_stats(model_dir, toks))
     ref = reference_stats(model_dir, toks)
 
     layers = {Site.parse(s).layer for s in ref if Site.parse(s).layer is not None}

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_llm, close_llm, prompt_only, stats_by_site
+from conftest import served_stats, stats_by_site
 
-import vllm_maxact
 from vllm_maxact.reference import global_absmax, reference_stats
 from vllm_maxact.sites import GLOBAL_KINDS, Kind, Site
 
@@ -27,13 +26,7 @@ def test_real_model_matches_reference(which, request, domain_texts, monkeypatch)
     toks = [tok(text).input_ids[:400] for _, text in domain_texts]
     if which == "gemma":
         assert all(t[0] == tok.bos_token_id for t in toks)
-    llm = build_llm(model_dir)
-    try:
-        vllm_maxact.reset_stats(llm)
-        prompt_only(llm, toks)
-        got = stats_by_site(vllm_maxact.read_stats(llm))
-    finally:
-        close_llm(llm)
+    got = stats_by_site(served_stats(model_dir, toks))
     # Reference in float32 (the bf16 checkpoints' weights are exact in it): transformers' own
     # bf16 path rounds every residual add to bf16 and drifts ~5% from exact arithmetic at
     # SmolLM2's last layers, while vLLM adds the residual in float32.

@@ -4,22 +4,14 @@ rows merged by max equal the TP=1 engine's on the same prompts, and per-rank row
 from __future__ import annotations
 
 import pytest
-from conftest import build_llm, close_llm, prompt_only, stats_by_site
+from conftest import served_stats, stats_by_site
 from test_engine_families import token_lists
-
-import vllm_maxact
 
 pytestmark = pytest.mark.slow
 
 
 def run(model: str, **kw):
-    llm = build_llm(model, **kw)
-    try:
-        vllm_maxact.reset_stats(llm)
-        prompt_only(llm, token_lists(1))
-        return vllm_maxact.read_stats(llm, per_rank=True)
-    finally:
-        close_llm(llm)
+    return served_stats(model, token_lists(1), per_rank=True, **kw)
 
 
 def test_tp2_matches_tp1(tiny_factory, monkeypatch):
