@@ -107,15 +107,15 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, t
 
     os.environ.setdefault("VLLM_MAXACT_ENABLE", "1")
     if kinds:
-        from vllm_maxact.config import DEFAULT_KINDS, ConfigError, MaxActConfig
+        from vllm_maxact.config import DEFAULT_KINDS, parse_kinds
 
         names = [k.strip() for k in kinds.split(",") if k.strip()]
         names = [v for n in names for v in ([k.value for k in DEFAULT_KINDS] if n == "default" else [n])]
         try:
-            MaxActConfig(kinds=",".join(dict.fromkeys(names)))
-        except (ConfigError, ValueError) as e:
-            raise click.BadParameter(str(e).splitlines()[-1] if str(e) else "bad kinds", param_hint="--kinds") from None
-        os.environ["VLLM_MAXACT_KINDS"] = ",".join(dict.fromkeys(names))  # read by the workers
+            chosen = dict.fromkeys(parse_kinds(names))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--kinds") from None
+        os.environ["VLLM_MAXACT_KINDS"] = ",".join(k.value for k in chosen)  # read by the workers
     if int8_check:
         os.environ["VLLM_MAXACT_INT8_CHECK"] = "1"  # read by the workers when they start
     _cpu_defaults()

@@ -72,13 +72,7 @@ class MaxActConfig(BaseSettings):
     @field_validator("kinds", mode="before")
     @classmethod
     def _split_kinds(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        known = {k.value for k in Kind}
-        for v in value:
-            if str(getattr(v, "value", v)) not in known:
-                raise ValueError(f"unknown site kind {v!r}; choose from {sorted(known)}")
-        return tuple(Kind(getattr(v, "value", v)) for v in value)
+        return parse_kinds(value)
 
     @field_validator("layers")
     @classmethod
@@ -101,6 +95,17 @@ class MaxActConfig(BaseSettings):
     @property
     def int8_enabled(self) -> bool:
         return self.int8_check or self.calibration is not None
+
+
+def parse_kinds(value: str | Any) -> tuple[Kind, ...]:
+    """Site kinds from ``'residual,attn_out'`` or a sequence; ValueError names an unknown one."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    known = {k.value for k in Kind}
+    for v in value:
+        if str(getattr(v, "value", v)) not in known:
+            raise ValueError(f"unknown site kind {v!r}; choose from {sorted(known)}")
+    return tuple(Kind(getattr(v, "value", v)) for v in value)
 
 
 def parse_layer_spec(spec: str) -> set[int]:

@@ -168,8 +168,11 @@ class Recorder(nn.Module):
         #: channel sites in the order `collect` returns their rows, and their widths
         self.chan_slots = [sl for rows in chan_rows for sl in rows]
         self._chan_width = {sl: widths[self.sites[sl]] for sl in self.chan_slots}
+        # One buffer width for every group (the widest channel site; narrower ones use a prefix),
+        # so `collect` concatenates all groups' rows in one copy.
+        width = max(self._chan_width.values(), default=0)
         self.groups = nn.ModuleList(
-            SiteGroup(len(sl), device, int8, len(rows), max((widths[self.sites[r]] for r in rows), default=0))
+            SiteGroup(len(sl), device, int8, len(rows), width)
             for sl, rows in zip(self.group_slots, chan_rows, strict=True)
         )
         self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
@@ -232,20 +235,9 @@ class Recorder(nn.Module):
             else:
                 ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
 
-    def chan_width(self, slot: int) -> int:
-        return self._chan_width[slot]
-
     # -- host-side views (concatenated over groups, in slot order) --------------------------
     def _cat(self, name: str) -> torch.Tensor:
         return torch.cat([getattr(g, name) for g in self.groups])
-
-    @property
-    def extrema(self) -> torch.Tensor:
-        return self._cat("extrema")
-
-    @property
-    def counts(self) -> torch.Tensor:
-        return self._cat("counts")
 
     @property
     def qthr(self) -> torch.Tensor:
@@ -288,12 +280,12 @@ class Recorder(nn.Module):
     def collect(self) -> Stats:
         """Move the device window to the host and re-arm the buffers. Returns that window."""
         with self._lock:
-            ext = self.extrema.to("cpu", copy=True).double().numpy()
-            cnt = self.counts.to("cpu", copy=True).numpy()
+            ext = self._cat("extrema").to("cpu").double().numpy()
+            cnt = self._cat("counts").to("cpu").numpy()
             chan = None
             if self.chan_slots:
                 rows = torch.cat([g.chan for g in self.groups if hasattr(g, "chan")]).to("cpu").numpy()
-                chan = {sl: rows[i, : self.chan_width(sl)].astype(np.float64) for i, sl in enumerate(self.chan_slots)}
+                chan = {sl: rows[i, : self._chan_width[sl]].astype(np.float64) for i, sl in enumerate(self.chan_slots)}
             if self.int8:
                 qa = self._cat("qacc").to("cpu").numpy()
                 qc = self._cat("qcnt").to("cpu").numpy()
