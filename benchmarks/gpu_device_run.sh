@@ -4,8 +4,9 @@
 # working tree). Starts one benchmark process per spec, concurrently, each on its own GPU, with
 # its own compile cache, and collects results and logs under $OUT.
 #
-#   bash benchmarks/gpu_device_run.sh LABEL:VARIANT:GPU [LABEL:VARIANT:GPU ...] [-- extra args]
+#   bash benchmarks/gpu_device_run.sh LABEL:VARIANT:GPU[:HOT_PATH] [...] [-- extra args]
 #
+# HOT_PATH (optional) sets VLLM_MAXACT_HOT_PATH for that process (fused, triton; default auto).
 # VARIANT is `tree` (the package as installed from the working tree) or a folder under
 # benchmarks/variants/ whose .py files replace the installed package's modules of the same
 # names (an experiment: the package is copied to $HOME/var_LABEL and put first on PYTHONPATH).
@@ -20,7 +21,7 @@ extra=("$@")
 export PYTHONUNBUFFERED=1 VLLM_USE_V2_MODEL_RUNNER=0
 pids=()
 for spec in "${specs[@]}"; do
-  IFS=: read -r label variant gpu <<<"$spec"
+  IFS=: read -r label variant gpu hot <<<"$spec"
   path=$HOME/site
   if [ "$variant" != tree ]; then
     rm -rf "$HOME/var_$label" && mkdir -p "$HOME/var_$label"
@@ -30,8 +31,8 @@ for spec in "${specs[@]}"; do
   fi
   fb=()
   if [ "$variant" != tree ]; then fb=(--fallback-path "$HOME/site"); fi  # the tree's package
-  echo "== $label: variant $variant on GPU $gpu, PYTHONPATH=$path"
-  CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$path VLLM_CACHE_ROOT=$HOME/vcache_$label \
+  echo "== $label: variant $variant on GPU $gpu, hot path ${hot:-auto}, PYTHONPATH=$path"
+  VLLM_MAXACT_HOT_PATH=${hot:-auto} CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$path VLLM_CACHE_ROOT=$HOME/vcache_$label \
     timeout "$LIMIT" python3 benchmarks/gpu_overhead.py --out "$OUT" --label "$label" "${fb[@]}" "${extra[@]}" \
     > "$OUT/$label.log" 2>&1 &
   pids+=($!)

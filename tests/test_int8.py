@@ -36,10 +36,10 @@ def batches(seed: int) -> list[tuple[torch.Tensor, int]]:
     return out
 
 
-@pytest.mark.parametrize("cpu_op", [False, True], ids=["inductor-ops", "cpu-op"])
+@pytest.mark.parametrize("hot_path", ["fused", "cpu_op"])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_device_figures_equal_float64_numpy(compiled, cpu_op):
-    rec = Recorder(SITES, device=torch.device("cpu"), int8=True, cpu_op=cpu_op)
+def test_device_figures_equal_float64_numpy(compiled, hot_path):
+    rec = Recorder(SITES, device=torch.device("cpu"), int8=True, hot_path=hot_path)
 
     def fwd(x):
         rec.record(0, x)

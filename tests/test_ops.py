@@ -1,6 +1,7 @@
 """The per-forward op and the recorder's windows, eager and compiled (fast, no vLLM engine)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,17 +13,21 @@ from vllm_maxact.sites import Kind, Site
 SITES = [Site(Kind.EMBEDDING), Site(Kind.RESIDUAL, 0), Site(Kind.FINAL_NORM)]
 
 
-def make(cpu_op: bool = False) -> Recorder:
-    return Recorder(SITES, device=torch.device("cpu"), cpu_op=cpu_op)
+def make(hot_path: str = "fused") -> Recorder:
+    return Recorder(SITES, device=torch.device("cpu"), hot_path=hot_path)
 
 
-#: Both hot paths: the Inductor-visible ops (GPU) and the opaque CPU op.
-PATHS = pytest.mark.parametrize("cpu_op", [False, True], ids=["inductor-ops", "cpu-op"])
+#: Every hot path: the Inductor-visible ops, the opaque CPU op, and the Triton kernel (GPU),
+#: which runs here only in Triton's interpreter: tests/test_ops_triton.py runs these tests
+#: again in a process with TRITON_INTERPRET=1 (it must be set before Triton compiles anything,
+#: and must not reach the vLLM engines of other tests).
+HOT_PATHS = ["fused", "cpu_op"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+PATHS = pytest.mark.parametrize("hot_path", HOT_PATHS)
 
 
 @PATHS
-def test_padding_rows_are_ignored(cpu_op):
-    rec = make(cpu_op)
+def test_padding_rows_are_ignored(hot_path):
+    rec = make(hot_path)
     x = torch.tensor([[1.0, -2.0], [3.0, 0.5], [1e6, -1e6]])  # last row is padding
     rec.begin_step(2)
     rec.record(1, x)
@@ -35,8 +40,8 @@ def test_padding_rows_are_ignored(cpu_op):
 
 
 @PATHS
-def test_dummy_runs_record_nothing(cpu_op):
-    rec = make(cpu_op)
+def test_dummy_runs_record_nothing(hot_path):
+    rec = make(hot_path)
     rec.begin_step(4)
     rec.end_step()  # a dummy/profile/capture forward runs with n_valid == 0
     rec.record(0, torch.full((8, 4), 7.0))
@@ -44,8 +49,8 @@ def test_dummy_runs_record_nothing(cpu_op):
 
 
 @PATHS
-def test_nan_and_inf_are_counted_not_folded_into_extrema(cpu_op):
-    rec = make(cpu_op)
+def test_nan_and_inf_are_counted_not_folded_into_extrema(hot_path):
+    rec = make(hot_path)
     x = torch.tensor([[1.0, float("nan")], [float("inf"), -4.0], [float("-inf"), 2.0]], dtype=torch.bfloat16)
     rec.begin_step(3)
     rec.record(0, x)
@@ -55,8 +60,8 @@ def test_nan_and_inf_are_counted_not_folded_into_extrema(cpu_op):
 
 
 @PATHS
-def test_windows_and_lifetime(cpu_op):
-    rec = make(cpu_op)
+def test_windows_and_lifetime(hot_path):
+    rec = make(hot_path)
     for value, n in ((5.0, 3), (2.0, 4)):
         rec.begin_step(n)
         rec.record(1, torch.full((n, 2), value))
@@ -70,7 +75,7 @@ def test_windows_and_lifetime(cpu_op):
 
 
 @PATHS
-def test_compiled_matches_eager_and_numpy(cpu_op):
+def test_compiled_matches_eager_and_numpy(hot_path):
     """Inductor traces the op into a graph; its result must equal eager and a float64 truth."""
     torch.manual_seed(0)
     xs = [torch.randn(n, 64, dtype=torch.bfloat16) * s for n, s in ((5, 1.0), (17, 30.0), (9, 3.0))]
@@ -82,7 +87,7 @@ def test_compiled_matches_eager_and_numpy(cpu_op):
         rec.record(2, y + 1)
         return y
 
-    eager, comp = make(cpu_op), make(cpu_op)
+    eager, comp = make(hot_path), make(hot_path)
     compiled = torch.compile(fwd, backend="inductor", fullgraph=True, dynamic=True)
     for x, n in zip(xs, valid, strict=True):
         for rec, f in ((eager, fwd), (comp, compiled)):
@@ -172,7 +177,7 @@ def _truth(model: _Top, x: torch.Tensor) -> dict[str, tuple[float, float]]:
 
 @PATHS
 @pytest.mark.parametrize("compiled", [False, True])
-def test_layer_groups_fold_once_per_layer_and_match_a_plain_forward(compiled, cpu_op):
+def test_layer_groups_fold_once_per_layer_and_match_a_plain_forward(compiled, hot_path):
     """Per-layer buffers with one deferred fold per layer (the product's layout), eager and
     traced by Dynamo + Inductor in one graph: every site equals a hook-free recomputation, and
     no row statistics outlive the forward."""
@@ -183,7 +188,7 @@ def test_layer_groups_fold_once_per_layer_and_match_a_plain_forward(compiled, cp
     torch.manual_seed(0)
     model = _Top().eval()
     rec = instrument(model, MaxActConfig(), torch.device("cpu"), adapter=Adapter())
-    rec.cpu_op = cpu_op
+    rec.hot_path = hot_path
     assert len(rec._deferred) == 3  # every layer folds once
     assert {len(s) for s in rec.group_slots} == {1, 4}  # embedding / final norm; 4 sites per layer
     fwd = torch.compile(model, fullgraph=True, dynamic=True) if compiled else model
@@ -209,7 +214,7 @@ def test_layer_groups_fold_once_per_layer_and_match_a_plain_forward(compiled, cp
 
 @PATHS
 @pytest.mark.parametrize("compiled", [False, True])
-def test_channel_sites_record_per_channel_absmax(compiled, cpu_op):
+def test_channel_sites_record_per_channel_absmax(compiled, hot_path):
     """The opt-in mlp_in site (input of the merged gate/up projection): per-channel max |x|
     over valid rows only, NaN left out, equal to a plain recomputation; scalar stats as usual."""
     from vllm_maxact.adapters import Adapter
@@ -220,7 +225,7 @@ def test_channel_sites_record_per_channel_absmax(compiled, cpu_op):
     model = _Top().eval()
     cfg = MaxActConfig(kinds="residual,mlp_in")
     rec = instrument(model, cfg, torch.device("cpu"), adapter=Adapter())
-    rec.cpu_op = cpu_op
+    rec.hot_path = hot_path
     names = [s.name for s in rec.sites]
     assert names.count("layers.0.mlp_in") == 1 and len(rec.chan_slots) == 3
     fwd = torch.compile(model, fullgraph=True, dynamic=True) if compiled else model

@@ -59,11 +59,12 @@ class MaxActConfig(BaseSettings):
     calibration: Path | None = Field(
         None, description="Calibration scales (JSON from `vllm-maxact scales`) for live INT-8 drift."
     )
-    hot_path: Literal["auto", "fused", "cpu_op"] = Field(
+    hot_path: Literal["auto", "fused", "cpu_op", "triton"] = Field(
         "auto",
         description="How sites are reduced in the forward: 'fused' = plain tensor ops that Inductor fuses "
         "and CUDA graphs replay; 'cpu_op' = one opaque op per layer (CPU only; compile time independent "
-        "of depth); 'auto' = cpu_op on CPU, fused elsewhere.",
+        "of depth); 'triton' = one Triton kernel per layer (CUDA); 'auto' = cpu_op on CPU, triton on CUDA "
+        "(fused where Triton is missing).",
     )
     admin_token: str | None = Field(
         None, description="Bearer token required by state-changing HTTP endpoints (reset)."

@@ -128,12 +128,9 @@ def instrument(
         if p.site in seen:
             raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
         seen.add(p.site)
-    cpu_op = None if cfg.hot_path == "auto" else cfg.hot_path == "cpu_op"
-    if cpu_op and torch.device(device).type != "cpu":
-        raise ValueError(f"VLLM_MAXACT_HOT_PATH=cpu_op needs a CPU model; this one is on {device} (use 'auto')")
     widths = {p.site: linear_width(p.module) for p in probes if p.site.kind in CHANNEL_KINDS}
     rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
-                   int8_hist=cfg.int8_check, cpu_op=cpu_op, widths=widths)
+                   int8_hist=cfg.int8_check, hot_path=cfg.hot_path, widths=widths)
     if cfg.calibration is not None:
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
@@ -148,7 +145,8 @@ def instrument(
     adapter.decoder(model).maxact_recorder = rec
     n_layers = len({p.site.layer for p in probes if p.site.layer is not None})
     logger.info(
-        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s)",
+        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s, hot path %s)",
         len(probes), arch, adapter.name, n_layers, ",".join(sorted({p.site.kind.value for p in probes})),
+        rec.hot_path,
     )
     return rec

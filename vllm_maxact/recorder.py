@@ -10,6 +10,7 @@ a copy and a reset can be lost, because both are queued on the same stream.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,6 +122,42 @@ class SiteGroup(nn.Module):
             self.register_buffer("qhist", torch.zeros(n, ops_int8.HIST_BINS, dtype=torch.int64, device=device), persistent=False)
 
 
+HOT_PATHS = ("fused", "cpu_op", "triton")
+
+
+def resolve_hot_path(hot_path: str | None, device: torch.device | str) -> str:
+    """'fused': tensor ops traced into the compiled graph (Inductor fuses them; any device).
+    'cpu_op': one opaque CPU op per layer (compile time independent of depth).
+    'triton': one Triton kernel per layer (CUDA; on CPU only under TRITON_INTERPRET=1, for tests).
+    None / 'auto': cpu_op on CPU, triton on CUDA when Triton imports, fused otherwise."""
+    dev = torch.device(device).type
+    if hot_path in (None, "auto"):
+        if dev == "cpu":
+            return "cpu_op"
+        if dev == "cuda" and _triton_available():
+            return "triton"
+        return "fused"
+    if hot_path not in HOT_PATHS:
+        raise ValueError(f"unknown hot path {hot_path!r}; choose one of auto, {', '.join(HOT_PATHS)}")
+    if hot_path == "cpu_op" and dev != "cpu":
+        raise ValueError(f"VLLM_MAXACT_HOT_PATH=cpu_op needs a CPU model; this one is on {device} (use 'auto')")
+    if hot_path == "triton":
+        if not _triton_available():
+            raise ValueError("VLLM_MAXACT_HOT_PATH=triton needs the triton package (pip install triton), "
+                             "or use 'auto'")
+        if dev != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"VLLM_MAXACT_HOT_PATH=triton needs a CUDA model; this one is on {device} (use 'auto')")
+    return hot_path
+
+
+def _triton_available() -> bool:
+    try:
+        from vllm_maxact import ops_triton  # noqa: F401  (registers vllm_maxact::record_triton)
+    except Exception:  # noqa: BLE001  (no triton, or a triton without a usable backend)
+        return False
+    return True
+
+
 def _group_key(site: Site):
     return ("layer", site.layer) if site.layer is not None else ("model", site.kind)
 
@@ -134,14 +171,13 @@ class Recorder(nn.Module):
 
     def __init__(
         self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
-        int8_hist: bool = True, cpu_op: bool | None = None, widths: dict[Site, int] | None = None,
+        int8_hist: bool = True, hot_path: str | None = None, widths: dict[Site, int] | None = None,
     ) -> None:
         super().__init__()
         self.sites = list(sites)
         self.slot = {s: i for i, s in enumerate(self.sites)}
-        #: CPU: the opaque `ops.record_cpu` (compile cost independent of depth); elsewhere the
-        #: Inductor-visible ops, which fuse and replay under CUDA graphs.
-        self.cpu_op = torch.device(device).type == "cpu" if cpu_op is None else cpu_op
+        #: how sites are reduced in the forward (see `resolve_hot_path`)
+        self.hot_path = resolve_hot_path(hot_path, device)
         n = len(self.sites)
         members: dict[tuple, list[int]] = {}
         for i, s in enumerate(self.sites):
@@ -204,9 +240,11 @@ class Recorder(nn.Module):
         g, k = self.where[slot]
         group = self.groups[g]
         if g in self._deferred:
-            self._pending.setdefault(g, []).append((k, x if self.cpu_op else ops.row_stats(x)))
-        elif self.cpu_op:
+            self._pending.setdefault(g, []).append((k, ops.row_stats(x) if self.hot_path == "fused" else x))
+        elif self.hot_path == "cpu_op":
             ops.record_cpu(group.extrema, group.counts, self.n_valid, [k], [x])
+        elif self.hot_path == "triton":
+            torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, [k], [x])
         else:
             ops.record(group.extrema, group.counts, self.n_valid, k, x)
         if slot in self.chan_row:
@@ -230,10 +268,17 @@ class Recorder(nn.Module):
         if pending:
             group = self.groups[g]
             slots, values = [k for k, _ in pending], [v for _, v in pending]
-            if self.cpu_op:
+            if self.hot_path == "cpu_op":
                 ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, values)
+            elif self.hot_path == "triton":
+                torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, slots, values)
             else:
                 ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
+
+    @property
+    def cpu_op(self) -> bool:
+        """The opaque CPU ops also serve the opt-in channel and INT-8 sites."""
+        return self.hot_path == "cpu_op"
 
     # -- host-side views (concatenated over groups, in slot order) --------------------------
     def _cat(self, name: str) -> torch.Tensor:

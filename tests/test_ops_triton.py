@@ -1,0 +1,27 @@
+"""The Triton hot path (the GPU default) on this CPU, through Triton's interpreter.
+
+TRITON_INTERPRET=1 must be set before Triton compiles anything and must not reach other
+tests' vLLM engines, so the checks run in a child pytest: the kernel against float64
+(tests/triton_interp_checks.py) and the recorder tests of tests/test_ops.py with the 'triton'
+hot path (eager, and compiled by Inductor with the kernel as an opaque op).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_triton_hot_path_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+           "tests/triton_interp_checks.py", "tests/test_ops.py", "-k", "triton or one_launch"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    tail = res.stdout[-3000:] + res.stderr[-2000:]
+    assert res.returncode == 0, tail
+    passed = int(re.search(r"(\d+) passed", res.stdout).group(1))
+    # 5 kernel cases + the recorder tests parametrized over hot paths (7 of them run 'triton').
+    assert passed >= 12, tail
