@@ -114,18 +114,27 @@ class _MLP(torch.nn.Module):
         return self.down(torch.nn.functional.silu(gu[..., : x.shape[-1]]) * gu[..., x.shape[-1]:])
 
 
+class _DonatingNorm(torch.nn.Module):
+    """Writes its output over its input, as vLLM's fused add + RMSNorm may (``maybe_inplace``):
+    a recorder that still holds the input afterwards reads the norm's output instead."""
+
+    def forward(self, x):
+        return x.mul_(0.5)
+
+
 class _Layer(torch.nn.Module):
     """vLLM's layout: returns (hidden, residual) not yet added."""
 
     def __init__(self, h: int, scale: float) -> None:
         super().__init__()
         self.self_attn = torch.nn.Linear(h, h, bias=False)
+        self.post_attention_layernorm = _DonatingNorm()
         self.mlp = _MLP(h)
         self.scale = scale
 
     def forward(self, positions, hidden_states, residual):
         x = hidden_states if residual is None else hidden_states + residual
-        a = self.self_attn(x) * self.scale
+        a = self.post_attention_layernorm(self.self_attn(x)) * self.scale
         return self.mlp(x + a), x + a
 
 
@@ -163,7 +172,7 @@ def _truth(model: _Top, x: torch.Tensor) -> dict[str, tuple[float, float]]:
     for i, layer in enumerate(model.model.layers):
         xin = h if residual is None else h + residual
         raw = layer.self_attn(xin)
-        a = raw * layer.scale
+        a = raw * 0.5 * layer.scale
         gu = layer.mlp.gate_up_proj(xin + a)
         m = layer.mlp(xin + a)
         put(f"layers.{i}.attn_out", raw)
@@ -244,7 +253,7 @@ def test_channel_sites_record_per_channel_absmax(compiled, hot_path):
             h, residual = x[:n], None
             for i, layer in enumerate(model.model.layers):
                 xin = h if residual is None else h + residual
-                a = layer.self_attn(xin) * layer.scale
+                a = layer.self_attn(xin) * 0.5 * layer.scale
                 m = (xin + a).abs().amax(0).double().numpy()
                 key = f"layers.{i}.mlp_in"
                 want[key] = np.maximum(want[key], m) if key in want else m

@@ -63,6 +63,17 @@ def _flush_hook(rec: Recorder, group: int):
     return hook
 
 
+def _flush_pre_hook(rec: Recorder, group: int):
+    def hook(module: nn.Module, args) -> None:
+        rec.flush(group, raw_only=True)
+
+    return hook
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("Norm")
+
+
 def linear_width(module: nn.Module) -> int:
     """Input features of a (vLLM or torch) linear layer: the width of a channel site."""
     for attr in ("input_size", "in_features"):
@@ -79,7 +90,13 @@ def defer_layer_folds(rec: Recorder, probes: list[Probe]) -> int:
     """Fold each decoder layer's sites once, after the layer returns (one reduction kernel per
     layer instead of one per site). A layer qualifies when one of its probed modules contains
     all the others (the layer itself, for every shipped adapter): a forward hook on it, added
-    after the site hooks, runs after all of them. Returns the number of deferred layers."""
+    after the site hooks, runs after all of them. Returns the number of deferred layers.
+
+    The raw-tensor hot paths (`cpu_op`, `triton`) hold the activations themselves until the
+    fold, and vLLM's fused add + RMSNorm may take its inputs in place (``maybe_inplace``: it
+    donates them, and compilation rejects any later use). So those paths also fold what is
+    pending just before every norm inside the layer: two folds per decoder layer for Llama's
+    layout (attn_out before the post-attention norm; the rest when the layer returns)."""
     by_layer: dict[int, list[tuple[int, Probe]]] = {}
     for slot, p in enumerate(probes):
         if p.site.layer is not None:
@@ -91,6 +108,9 @@ def defer_layer_folds(rec: Recorder, probes: list[Probe]) -> int:
             continue
         group = rec.defer(members[0][0])
         anchor.register_forward_hook(_flush_hook(rec, group))
+        for m in anchor.modules():
+            if m is not anchor and _is_norm(m):
+                m.register_forward_pre_hook(_flush_pre_hook(rec, group))
         n += 1
     return n
 

@@ -263,7 +263,11 @@ class Recorder(nn.Module):
         self._deferred.add(g)
         return g
 
-    def flush(self, g: int) -> None:
+    def flush(self, g: int, raw_only: bool = False) -> None:
+        """Fold group ``g``'s pending sites. ``raw_only``: only where the pending entries are
+        the activations themselves (not the fused path's row statistics, which are ours)."""
+        if raw_only and self.hot_path == "fused":
+            return
         pending = self._pending.pop(g, None)
         if pending:
             group = self.groups[g]
