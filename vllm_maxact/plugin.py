@@ -11,6 +11,7 @@ import functools
 import importlib.abc
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -61,9 +62,19 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
         sys.meta_path.insert(0, _finder)
 
 
+def _is_vllm_helper_process() -> bool:
+    """vLLM inspects model classes in a short-lived ``python -m
+    vllm.model_executor.models.registry`` subprocess, which loads general plugins too. It runs
+    no model: it must not become an instance's front end (runtime dir, exporter port)."""
+    main = sys.argv[0] if sys.argv else ""
+    return main.replace(os.sep, "/").endswith("vllm/model_executor/models/registry.py")
+
+
 def register() -> None:
     from vllm_maxact.export.runtime import ensure_runtime_dir
 
+    if _is_vllm_helper_process():
+        return
     cfg = get_config()  # fails loudly, naming the bad field
     # The front end of an instance (API server / script) creates the runtime dir and hands it
     # to the processes vLLM starts through the environment.
@@ -95,7 +106,12 @@ def _start_front_end(cfg, runtime_dir) -> None:
     if cfg.exporter_port is not None:
         from vllm_maxact.export.prometheus import start_exporter
 
-        start_exporter(cfg.exporter_port, cfg.exporter_host)
+        try:
+            start_exporter(cfg.exporter_port, cfg.exporter_host)
+        except OSError as e:  # the port is taken: serve without the side exporter, say so
+            logger.error("vllm-maxact: cannot listen on %s:%s for the exporter (%s); metrics stay available "
+                         "on vLLM's /metrics. Set VLLM_MAXACT_EXPORTER_PORT to a free port.",
+                         cfg.exporter_host, cfg.exporter_port, e)
 
 
 def _patch_compile_hash(mod: ModuleType) -> None:
