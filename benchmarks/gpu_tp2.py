@@ -530,7 +530,7 @@ class Run:
     def timing(self, engines: dict) -> None:
         import numpy as np
 
-        batch, plen, olen = (8, 32, 16) if self.args.quick else (64, 256, 64)
+        batch, plen, olen = (8, 32, 16) if self.args.quick else (64, 256, 384)
         rng = np.random.default_rng(99)
         hi = min(120000, self.args.vocab)
         mk = lambda: [{"prompt_token_ids": rng.integers(TOKEN_LOW, hi, size=plen).tolist()} for _ in range(batch)]  # noqa: E731
