@@ -9,7 +9,10 @@ tokenized once with the model's tokenizer), same machine, one run:
   plain      vLLM prompt-only prefill with the plugin installed but switched off
   maxact     vLLM prompt-only prefill with the plugin recording every default site, through
              `vllm_maxact.replay.run_replay` (what `vllm-maxact replay` does), CPU hot path
-  maxact_fused  the same with VLLM_MAXACT_HOT_PATH=fused (the GPU hot path), for comparison
+  maxact_fused  (--fused) the same with VLLM_MAXACT_HOT_PATH=fused, for comparison
+
+vLLM's worker gets every CPU (VLLM_CPU_OMP_THREADS_BIND = the affinity list), as
+`vllm-maxact replay` sets it; vLLM's own default binds one CPU per core and keeps one back.
 
 Prompt tokens/s exclude start-up (engine build, compilation, model load). The two vLLM
 engines live side by side (each has its own worker process; the switch is read when a worker
@@ -48,9 +51,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--fused", action="store_true", help="also time the fused hot path (a third engine)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_replay.json"))
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from vllm_maxact.cli import cpu_list
+
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list())  # what `vllm-maxact replay` does
 
     import torch
     import vllm
@@ -66,7 +73,8 @@ def main() -> None:
     engines = {}
     # maxact: the default hot path on CPU (one opaque op per layer); maxact_fused: the GPU hot
     # path (Inductor-fused tensor ops), for comparison.
-    for name, enable, hot in (("plain", "0", "auto"), ("maxact", "1", "auto"), ("maxact_fused", "1", "fused")):
+    setups = [("plain", "0", "auto"), ("maxact", "1", "auto")] + ([("maxact_fused", "1", "fused")] if args.fused else [])
+    for name, enable, hot in setups:
         os.environ["VLLM_MAXACT_ENABLE"] = enable
         os.environ["VLLM_MAXACT_HOT_PATH"] = hot
         t0 = time.perf_counter()
@@ -90,7 +98,7 @@ def main() -> None:
         assert res.tokens == n_tokens, (res.tokens, n_tokens)
         return n_tokens / dt  # includes tokenization and per-batch reads: the whole replay
 
-    timers = {"plain": plain, "maxact": lambda: replay("maxact"), "maxact_fused": lambda: replay("maxact_fused")}
+    timers = {name: (plain if name == "plain" else (lambda n=name: replay(n))) for name in engines}
     for f in timers.values():  # warm-up
         f()
     runs: dict[str, list[float]] = {k: [] for k in timers}
@@ -107,12 +115,13 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
         "vllm": vllm.__version__, "torch": torch.__version__,
         "samples": len(toks), "prompt_tokens": n_tokens, "runs": runs, "hf_hooks_runs": hf,
         "median_tok_per_s": med,
         "startup_s": startup,
         "maxact_vs_plain": med["maxact"] / med["plain"],
-        "maxact_fused_vs_plain": med["maxact_fused"] / med["plain"],
+        "maxact_fused_vs_plain": med["maxact_fused"] / med["plain"] if "maxact_fused" in med else None,
         "maxact_vs_hf_hooks": med["maxact"] / med["hf_hooks"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,32 @@ def _engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg) -> di
 
 
 def _cpu_defaults() -> None:
-    """On the CPU backend vLLM reserves a fraction of the NUMA node's memory by default and refuses
-    to start when other processes hold some of it; a fixed KV-cache size starts anywhere."""
+    """Offline replay on the CPU backend.
+
+    - vLLM reserves a fraction of the NUMA node's memory by default and refuses to start when
+      other processes hold some of it; a fixed KV-cache size starts anywhere.
+    - vLLM binds its worker's OpenMP threads to one logical CPU per core and keeps a core back
+      for the serving front end (on a 2-core machine: one core computes). Replay's front end
+      only queues prompts, so the worker gets every CPU this process may use: about 2x the
+      prompt tokens/s on 2 cores (benchmarks/RESULTS.md). Either variable set by the user wins.
+    """
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list())
+
+
+def cpu_list() -> str:
+    """The CPUs this process may run on, as vLLM's CPU list syntax ("0-3,6")."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
