@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,3 +184,42 @@ def test_instances_never_share_a_runtime_dir_through_the_environment(tmp_path, m
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["front"] is True and got["dir"] != str(inherited)
     assert got["child"] == [got["dir"], "False"]  # joined, not a front end
+
+
+def _bound_port() -> tuple[socket.socket, int]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+def test_vllms_registry_subprocess_is_not_a_front_end(tmp_path, monkeypatch):
+    """vLLM inspects model classes in a `python -m vllm.model_executor.models.registry`
+    subprocess that loads general plugins. Run through vLLM's own helper while the exporter port
+    is taken (as by the real front end): the subprocess must neither fail nor start an instance."""
+    from vllm.model_executor.models.registry import _run_in_subprocess
+
+    sock, port = _bound_port()
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setenv("VLLM_MAXACT_ENABLE", "1")
+    monkeypatch.setenv("VLLM_MAXACT_EXPORTER_PORT", str(port))
+    monkeypatch.setenv("TMPDIR", str(root))  # where a front end would create its runtime dir
+    try:
+        assert _run_in_subprocess(lambda: 6 * 7) == 42
+    finally:
+        sock.close()
+    assert not any(root.rglob("*")), list(root.rglob("*"))
+
+
+def test_a_taken_exporter_port_is_logged_not_fatal(tmp_path, caplog):
+    from vllm_maxact.config import MaxActConfig
+    from vllm_maxact.plugin import _start_front_end
+
+    sock, port = _bound_port()
+    try:
+        with caplog.at_level("ERROR", logger="vllm_maxact"):
+            _start_front_end(MaxActConfig(exporter_port=port), tmp_path)
+    finally:
+        sock.close()
+    assert any(str(port) in r.getMessage() and "VLLM_MAXACT_EXPORTER_PORT" in r.getMessage() for r in caplog.records)
