@@ -223,3 +223,10 @@ def test_a_taken_exporter_port_is_logged_not_fatal(tmp_path, caplog):
     finally:
         sock.close()
     assert any(str(port) in r.getMessage() and "VLLM_MAXACT_EXPORTER_PORT" in r.getMessage() for r in caplog.records)
+
+
+def test_a_disabled_plugin_leaves_nothing_behind(tmp_path):
+    env = {**os.environ, "VLLM_MAXACT_ENABLE": "0", "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", "from vllm_maxact.plugin import register; register()"], env=env,
+                   check=True, timeout=120)
+    assert not any(tmp_path.rglob("*")), list(tmp_path.rglob("*"))

@@ -76,12 +76,12 @@ def register() -> None:
     if _is_vllm_helper_process():
         return
     cfg = get_config()  # fails loudly, naming the bad field
-    # The front end of an instance (API server / script) creates the runtime dir and hands it
-    # to the processes vLLM starts through the environment.
-    runtime_dir, front_end = ensure_runtime_dir(cfg.runtime_dir)
     if not cfg.enable:
         logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
         return
+    # The front end of an instance (API server / script) creates the runtime dir and hands it
+    # to the processes vLLM starts through the environment.
+    runtime_dir, front_end = ensure_runtime_dir(cfg.runtime_dir)
     if front_end:
         logger.info("vllm-maxact %s: recording; instance runtime dir %s", __version__, runtime_dir)
         _start_front_end(cfg, runtime_dir)
