@@ -1,0 +1,140 @@
+"""VARIANT (benchmarks/variants/triton_rows): row-reduced accumulators and taller prefill tiles.
+
+GPU hot path: one Triton kernel per decoder layer for all of that layer's sites.
+
+The Inductor-visible form (`ops.record` / `ops.fold`) costs several kernels per layer: its
+per-row reductions do not fuse into the kernels that already read the activations
+(benchmarks/RESULTS.md). Under CUDA graphs that cost is launches, not bytes, so here each
+layer's sites are read by ONE launch: program axis 1 picks the site, axis 0 tiles (rows x
+columns) of that site's activation; each program reduces its tiles to a max, a min and the
+NaN / Inf counts of the valid rows, then folds them into the layer's buffers with atomics.
+
+Capture-safe: ``n_valid`` is read by the kernel (no host synchronisation), the launch grid
+depends only on shapes, and the op is opaque to Inductor (`torch.library.custom_op`), so the
+compiled graph holds one call per layer and CUDA graphs replay it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: sites one launch covers; a group with more is split into several launches
+MAX_SITES = 6
+BLOCK_T = 4  # rows per tile (decode-sized inputs)
+BLOCK_T_LARGE = 16  # rows per tile from LARGE_T tokens on (prefill chunks), with 8 warps
+LARGE_T = 1024
+BLOCK_C = 1024  # columns per tile (one program covers one column block of its rows)
+MAX_ROW_PROGRAMS = 32  # row programs per column block; larger inputs loop
+
+
+@triton.jit
+def _site(x_ptr, width, stride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_programs,
+          BT: tl.constexpr, BC: tl.constexpr):
+    if pid_c * BC < width:
+        cols = pid_c * BC + tl.arange(0, BC)
+        cmask = cols < width
+        hi = tl.full([BC], float("-inf"), tl.float32)
+        lo = tl.full([BC], float("inf"), tl.float32)
+        nan = tl.zeros([BC], tl.int32)
+        inf = tl.zeros([BC], tl.int32)
+        for r0 in range(pid_r * BT, n, row_programs * BT):
+            rows = r0 + tl.arange(0, BT)
+            m = (rows < n)[:, None] & cmask[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=m, other=0.0)
+            x = x.to(tl.float32)
+            is_nan = x != x
+            is_inf = tl.abs(x) == float("inf")
+            fin = m & ~is_nan & ~is_inf
+            # Reduce each tile over its rows at once: [BC] accumulators leave registers for
+            # taller tiles (more bytes in flight per program).
+            hi = tl.maximum(hi, tl.max(tl.where(fin, x, float("-inf")), axis=0))
+            lo = tl.minimum(lo, tl.min(tl.where(fin, x, float("inf")), axis=0))
+            nan += tl.sum((m & is_nan).to(tl.int32), axis=0)
+            inf += tl.sum((m & is_inf).to(tl.int32), axis=0)
+        h = tl.max(hi, axis=0)
+        lw = tl.min(lo, axis=0)
+        cn = tl.sum(nan, axis=0)
+        ci = tl.sum(inf, axis=0)
+        if h > float("-inf"):
+            tl.atomic_max(ext_ptr + 2 * pos, h)
+        if lw < float("inf"):
+            tl.atomic_min(ext_ptr + 2 * pos + 1, lw)
+        if cn > 0:
+            tl.atomic_add(cnt_ptr + 2 * pos, cn.to(tl.int64))
+        if ci > 0:
+            tl.atomic_add(cnt_ptr + 2 * pos + 1, ci.to(tl.int64))
+
+
+@triton.jit
+def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T,
+                  x0, w0, s0, p0, x1, w1, s1, p1, x2, w2, s2, p2,
+                  x3, w3, s3, p3, x4, w4, s4, p4, x5, w5, s5, p5,
+                  NS: tl.constexpr, CC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    pid = tl.program_id(0)
+    sid = tl.program_id(1)
+    row_programs = tl.num_programs(0) // CC
+    pid_r = pid // CC
+    pid_c = pid % CC
+    n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    if sid == 0:
+        _site(x0, w0, s0, n, ext_ptr, cnt_ptr, p0, pid_r, pid_c, row_programs, BT, BC)
+    if NS > 1:
+        if sid == 1:
+            _site(x1, w1, s1, n, ext_ptr, cnt_ptr, p1, pid_r, pid_c, row_programs, BT, BC)
+    if NS > 2:
+        if sid == 2:
+            _site(x2, w2, s2, n, ext_ptr, cnt_ptr, p2, pid_r, pid_c, row_programs, BT, BC)
+    if NS > 3:
+        if sid == 3:
+            _site(x3, w3, s3, n, ext_ptr, cnt_ptr, p3, pid_r, pid_c, row_programs, BT, BC)
+    if NS > 4:
+        if sid == 4:
+            _site(x4, w4, s4, n, ext_ptr, cnt_ptr, p4, pid_r, pid_c, row_programs, BT, BC)
+    if NS > 5:
+        if sid == 5:
+            _site(x5, w5, s5, n, ext_ptr, cnt_ptr, p5, pid_r, pid_c, row_programs, BT, BC)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """2-D view [tokens, features] with unit stride along features (a copy only if needed)."""
+    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def launch(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
+           xs: list[torch.Tensor]) -> None:
+    """Fold the activations ``xs`` into rows ``slots`` of ``extrema`` [S, 2] (max, min) and
+    ``counts`` [S, 2] (nan, inf): rows of each activation at or past ``n_valid[0]`` never count.
+    All activations share the token axis (one decoder layer's sites)."""
+    views = [_rows(x) for x in xs]
+    for i in range(0, len(views), MAX_SITES):
+        part = list(zip(slots[i:i + MAX_SITES], views[i:i + MAX_SITES], strict=True))
+        tokens = part[0][1].shape[0]
+        if tokens == 0:
+            continue
+        cc = triton.cdiv(max(v.shape[1] for _, v in part), BLOCK_C)
+        bt, warps = (BLOCK_T_LARGE, 8) if tokens >= LARGE_T else (BLOCK_T, 4)
+        rp = min(triton.cdiv(tokens, bt), MAX_ROW_PROGRAMS)
+        args = []
+        for k in range(MAX_SITES):
+            slot, v = part[min(k, len(part) - 1)]
+            args += [v, v.shape[1], v.stride(0), slot]
+        _layer_kernel[(rp * cc, len(part))](
+            extrema, counts, n_valid, tokens, *args, NS=len(part), CC=cc, BT=bt, BC=BLOCK_C,
+            num_warps=warps,
+        )
+
+
+# Registered for every device: CUDA in service; CPU only runs it under TRITON_INTERPRET=1 (tests).
+@torch.library.custom_op("vllm_maxact::record_triton", mutates_args=("extrema", "counts"))
+def record_triton(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
+                  xs: list[torch.Tensor]) -> None:
+    """`ops.record` for several sites of one group in one kernel launch (CUDA)."""
+    launch(extrema, counts, n_valid, slots, xs)
+
+
+@record_triton.register_fake
+def _(extrema, counts, n_valid, slots, xs) -> None:
+    return None
