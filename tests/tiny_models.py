@@ -53,6 +53,7 @@ ARCHS = (
     "llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3",
     # Added for the family adapters (tests/test_engine_families_more.py):
     "gemma", "phi3", "olmo2", "deepseek_v2", "gpt_oss", "qwen3_next",
+    "qwen3_5", "qwen3_5_moe", "deepseek_v3",
     "bailing_moe",  # no transformers class: config via local remote code, no reference model
 )
 
@@ -186,6 +187,59 @@ def _config(arch: str, layers: int) -> Any:
             norm_topk_prob=True,
             architectures=["Qwen3NextForCausalLM"],
         )
+    if arch in ("qwen3_5", "qwen3_5_moe"):
+        # Qwen3.5 text models: Qwen3-Next's hybrid layout (three Gated DeltaNet layers, then one
+        # full-attention layer), with the DeltaNet input projections unfused in the checkpoint
+        # (in_proj_qkv / in_proj_z / in_proj_b / in_proj_a; vLLM fuses them on load) and partial
+        # rope (a quarter of head_dim). Dense Qwen3.5 has a dense MLP on every layer (gate
+        # site), Qwen3.5-MoE a sparse MoE block with shared expert on every layer (router site).
+        linear = dict(
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=64,
+            linear_value_head_dim=64,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+        )
+        if arch == "qwen3_5":
+            return tf.Qwen3_5TextConfig(**common, **linear, architectures=["Qwen3_5ForCausalLM"])
+        return tf.Qwen3_5MoeTextConfig(
+            **{k: v for k, v in common.items() if k != "intermediate_size"},
+            **linear,
+            num_experts=4,
+            num_experts_per_tok=4,  # dense routing (see above _config)
+            moe_intermediate_size=256,
+            shared_expert_intermediate_size=256,
+            architectures=["Qwen3_5MoeForCausalLM"],
+        )
+    if arch == "deepseek_v3":
+        # DeepSeek V3 layout: MLA with q LoRA, sigmoid scores with `noaux_tc` top-k (the
+        # e_score_correction_bias, randomized in _randomize, is added for selection only),
+        # grouped top-k over n_group expert groups, normalized top-k weights x
+        # routed_scaling_factor. vLLM's CPU MLA backend needs kv_lora_rank 512 + rope 64 (as
+        # deepseek_v2). Dense routing: top-k = all experts and topk_group = n_group, so the
+        # group mask keeps every expert and both sides route identically.
+        return tf.DeepseekV3Config(
+            **{k: v for k, v in common.items() if k not in ("head_dim", "num_key_value_heads")},
+            num_key_value_heads=HEADS,
+            kv_lora_rank=512,
+            q_lora_rank=128,
+            qk_rope_head_dim=64,
+            qk_nope_head_dim=64,
+            v_head_dim=64,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            num_experts_per_tok=4,  # dense routing (see above _config)
+            n_group=2,
+            topk_group=2,
+            topk_method="noaux_tc",  # read by vLLM (real V3 configs carry it; transformers implies it)
+            scoring_func="sigmoid",
+            moe_intermediate_size=128,
+            first_k_dense_replace=1,  # layer 0 dense (gate site), layers 1.. MoE (router site)
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            architectures=["DeepseekV3ForCausalLM"],
+        )
     raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(ARCHS)}")
 
 
@@ -207,6 +261,9 @@ def _model_class(arch: str) -> type[nn.Module]:
         "deepseek_v2": tf.DeepseekV2ForCausalLM,
         "gpt_oss": tf.GptOssForCausalLM,
         "qwen3_next": tf.Qwen3NextForCausalLM,
+        "qwen3_5": tf.Qwen3_5ForCausalLM,
+        "qwen3_5_moe": tf.Qwen3_5MoeForCausalLM,
+        "deepseek_v3": tf.DeepseekV3ForCausalLM,
     }[arch]
 
 
@@ -214,8 +271,9 @@ def _model_class(arch: str) -> type[nn.Module]:
 def _randomize(model: nn.Module, arch: str, gen: torch.Generator) -> None:
     """Varied, realistic-scale weights (transformers' 0.02 init gives tiny, uniform activations)."""
     gemma = arch.startswith("gemma")  # Gemma norms scale by (1 + w)
-    # Qwen3-Next's RMSNorms also scale by (1 + w), except the gated norm inside linear attention.
-    zero_centered = gemma or arch == "qwen3_next"
+    # Qwen3-Next's and Qwen3.5's RMSNorms also scale by (1 + w), except the gated norm inside
+    # linear attention.
+    zero_centered = gemma or arch.startswith(("qwen3_next", "qwen3_5"))
 
     def normal(p: torch.Tensor, std: float, mean: float = 0.0) -> None:
         p.copy_(torch.randn(p.shape, generator=gen) * std + mean)
@@ -237,6 +295,19 @@ def _randomize(model: nn.Module, arch: str, gen: torch.Generator) -> None:
             normal(p, 1.5 / math.sqrt(fan_in))  # std 0.07-0.1 here: activations grow a little
         else:
             normal(p, 0.1)
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):  # DeepSeek V3: a buffer, zeros by default
+            normal(b, 0.1)
+    # DeepSeek V3 multiplies the routed experts' output by routed_scaling_factor (2.5): divide
+    # their down projections by it, so the MoE output keeps the other tiny models' scale (a
+    # recorder or model that dropped the factor would still be 2.5x off). Undivided, the
+    # residual reaches ~1100 by layer 3 and the model is ill-conditioned in bf16: transformers'
+    # own bf16 and fp32 forwards differ by 19% on a layer-3 maximum, vLLM by 5% on a layer-2 one.
+    scale = getattr(model.config, "routed_scaling_factor", 1.0) or 1.0
+    if scale != 1.0:
+        for name, p in model.named_parameters():
+            if ".experts." in name and "down_proj" in name:
+                p /= scale
 
     # Massive activations: a few residual channels get a boost that grows with depth, through
     # the MLP's down projection (and, for Gemma, the post-feedforward norm that scales what the
