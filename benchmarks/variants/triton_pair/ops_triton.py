@@ -1,0 +1,145 @@
+"""VARIANT (benchmarks/variants/triton_pair): a site may be the sum of two tensors, added here.
+
+GPU hot path: one Triton kernel per decoder layer for all of that layer's sites.
+
+The Inductor-visible form (`ops.record` / `ops.fold`) costs several kernels per layer: its
+per-row reductions do not fuse into the kernels that already read the activations
+(benchmarks/RESULTS.md). Under CUDA graphs that cost is launches, not bytes, so here each
+layer's sites are read by ONE launch: program axis 1 picks the site, axis 0 tiles (rows x
+columns) of that site's activation; each program reduces its tiles to a max, a min and the
+NaN / Inf counts of the valid rows, then folds them into the layer's buffers with atomics.
+
+Capture-safe: ``n_valid`` is read by the kernel (no host synchronisation), the launch grid
+depends only on shapes, and the op is opaque to Inductor (`torch.library.custom_op`), so the
+compiled graph holds one call per layer and CUDA graphs replay it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: sites one launch covers; a group with more is split into several launches
+MAX_SITES = 6
+BLOCK_T = 4  # rows per tile
+BLOCK_C = 1024  # columns per tile (one program covers one column block of its rows)
+MAX_ROW_PROGRAMS = 32  # row programs per column block; larger inputs loop
+
+
+@triton.jit
+def _site(x_ptr, y_ptr, width, stride, ystride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_programs,
+          HAS_Y: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    if pid_c * BC < width:
+        cols = pid_c * BC + tl.arange(0, BC)
+        cmask = cols < width
+        hi = tl.full([BT, BC], float("-inf"), tl.float32)
+        lo = tl.full([BT, BC], float("inf"), tl.float32)
+        nan = tl.zeros([BT, BC], tl.int32)
+        inf = tl.zeros([BT, BC], tl.int32)
+        for r0 in range(pid_r * BT, n, row_programs * BT):
+            rows = r0 + tl.arange(0, BT)
+            m = (rows < n)[:, None] & cmask[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=m, other=0.0)
+            if HAS_Y:
+                # The model's sum, rounded to the activation dtype as the model rounds it.
+                y = tl.load(y_ptr + rows[:, None].to(tl.int64) * ystride + cols[None, :], mask=m, other=0.0)
+                x = (x.to(tl.float32) + y.to(tl.float32)).to(x_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+            x = x.to(tl.float32)
+            is_nan = x != x
+            is_inf = tl.abs(x) == float("inf")
+            fin = m & ~is_nan & ~is_inf
+            hi = tl.maximum(hi, tl.where(fin, x, float("-inf")))
+            lo = tl.minimum(lo, tl.where(fin, x, float("inf")))
+            nan += (m & is_nan).to(tl.int32)
+            inf += (m & is_inf).to(tl.int32)
+        h = tl.max(tl.max(hi, axis=1), axis=0)
+        lw = tl.min(tl.min(lo, axis=1), axis=0)
+        cn = tl.sum(tl.sum(nan, axis=1), axis=0)
+        ci = tl.sum(tl.sum(inf, axis=1), axis=0)
+        if h > float("-inf"):
+            tl.atomic_max(ext_ptr + 2 * pos, h)
+        if lw < float("inf"):
+            tl.atomic_min(ext_ptr + 2 * pos + 1, lw)
+        if cn > 0:
+            tl.atomic_add(cnt_ptr + 2 * pos, cn.to(tl.int64))
+        if ci > 0:
+            tl.atomic_add(cnt_ptr + 2 * pos + 1, ci.to(tl.int64))
+
+
+@triton.jit
+def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T,
+                  x0, y0, w0, s0, t0, p0, x1, y1, w1, s1, t1, p1, x2, y2, w2, s2, t2, p2,
+                  x3, y3, w3, s3, t3, p3, x4, y4, w4, s4, t4, p4, x5, y5, w5, s5, t5, p5,
+                  H0: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr, H3: tl.constexpr, H4: tl.constexpr,
+                  H5: tl.constexpr,
+                  NS: tl.constexpr, CC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    pid = tl.program_id(0)
+    sid = tl.program_id(1)
+    row_programs = tl.num_programs(0) // CC
+    pid_r = pid // CC
+    pid_c = pid % CC
+    n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    if sid == 0:
+        _site(x0, y0, w0, s0, t0, n, ext_ptr, cnt_ptr, p0, pid_r, pid_c, row_programs, H0, BT, BC)
+    if NS > 1:
+        if sid == 1:
+            _site(x1, y1, w1, s1, t1, n, ext_ptr, cnt_ptr, p1, pid_r, pid_c, row_programs, H1, BT, BC)
+    if NS > 2:
+        if sid == 2:
+            _site(x2, y2, w2, s2, t2, n, ext_ptr, cnt_ptr, p2, pid_r, pid_c, row_programs, H2, BT, BC)
+    if NS > 3:
+        if sid == 3:
+            _site(x3, y3, w3, s3, t3, n, ext_ptr, cnt_ptr, p3, pid_r, pid_c, row_programs, H3, BT, BC)
+    if NS > 4:
+        if sid == 4:
+            _site(x4, y4, w4, s4, t4, n, ext_ptr, cnt_ptr, p4, pid_r, pid_c, row_programs, H4, BT, BC)
+    if NS > 5:
+        if sid == 5:
+            _site(x5, y5, w5, s5, t5, n, ext_ptr, cnt_ptr, p5, pid_r, pid_c, row_programs, H5, BT, BC)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """2-D view [tokens, features] with unit stride along features (a copy only if needed)."""
+    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def launch(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
+           xs: list[torch.Tensor], ys: list[torch.Tensor | None] | None = None) -> None:
+    """Fold the activations ``xs`` into rows ``slots`` of ``extrema`` [S, 2] (max, min) and
+    ``counts`` [S, 2] (nan, inf): rows of each activation at or past ``n_valid[0]`` never count.
+    All activations share the token axis (one decoder layer's sites)."""
+    views = [_rows(x) for x in xs]
+    yviews = [None if y is None else _rows(y) for y in (ys or [None] * len(xs))]
+    for i in range(0, len(views), MAX_SITES):
+        part = list(zip(slots[i:i + MAX_SITES], views[i:i + MAX_SITES], yviews[i:i + MAX_SITES], strict=True))
+        tokens = part[0][1].shape[0]
+        if tokens == 0:
+            continue
+        cc = triton.cdiv(max(v.shape[1] for _, v, _ in part), BLOCK_C)
+        rp = min(triton.cdiv(tokens, BLOCK_T), MAX_ROW_PROGRAMS)
+        args, has_y = [], {}
+        for k in range(MAX_SITES):
+            slot, v, y = part[min(k, len(part) - 1)]
+            has_y[f"H{k}"] = y is not None
+            y = v if y is None else y
+            args += [v, y, v.shape[1], v.stride(0), y.stride(0), slot]
+        _layer_kernel[(rp * cc, len(part))](
+            extrema, counts, n_valid, tokens, *args, **has_y, NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C,
+            num_warps=4,
+        )
+
+
+# Registered for every device: CUDA in service; CPU only runs it under TRITON_INTERPRET=1 (tests).
+@torch.library.custom_op("vllm_maxact::record_triton", mutates_args=("extrema", "counts"))
+def record_triton(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
+                  xs: list[torch.Tensor], ys: list[torch.Tensor | None]) -> None:
+    """`ops.record` for several sites of one group in one kernel launch (CUDA); site k's value
+    is ``xs[k] + ys[k]`` where ``ys[k]`` is given."""
+    launch(extrema, counts, n_valid, slots, xs, ys)
+
+
+@record_triton.register_fake
+def _(extrema, counts, n_valid, slots, xs, ys) -> None:
+    return None
