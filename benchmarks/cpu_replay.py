@@ -54,10 +54,9 @@ def main() -> None:
     ap.add_argument("--fused", action="store_true", help="also time the fused hot path (a third engine)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_replay.json"))
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from vllm_maxact.cli import cpu_list
+    from vllm_maxact.cli import _cpu_defaults
 
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list())  # what `vllm-maxact replay` does
+    _cpu_defaults()  # what `vllm-maxact replay` sets: KV-cache size, worker bound to every CPU
 
     import torch
     import vllm

@@ -241,12 +241,10 @@ class Recorder(nn.Module):
         group = self.groups[g]
         if g in self._deferred:
             self._pending.setdefault(g, []).append((k, ops.row_stats(x) if self.hot_path == "fused" else x))
-        elif self.hot_path == "cpu_op":
-            ops.record_cpu(group.extrema, group.counts, self.n_valid, [k], [x])
-        elif self.hot_path == "triton":
-            torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, [k], [x])
-        else:
+        elif self.hot_path == "fused":
             ops.record(group.extrema, group.counts, self.n_valid, k, x)
+        else:
+            self._raw_fold(group, [k], [x])
         if slot in self.chan_row:
             (ops.record_channels_cpu if self.cpu_op else ops.record_channels)(
                 group.chan, self.n_valid, self.chan_row[slot], x)
@@ -272,12 +270,16 @@ class Recorder(nn.Module):
         if pending:
             group = self.groups[g]
             slots, values = [k for k, _ in pending], [v for _, v in pending]
-            if self.hot_path == "cpu_op":
-                ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, values)
-            elif self.hot_path == "triton":
-                torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, slots, values)
-            else:
+            if self.hot_path == "fused":
                 ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
+            else:
+                self._raw_fold(group, slots, values)
+
+    def _raw_fold(self, group: SiteGroup, slots: list[int], xs: list[torch.Tensor]) -> None:
+        """The raw-tensor hot paths: one opaque op call folds the activations ``xs`` into
+        positions ``slots`` of ``group``."""
+        op = ops.record_cpu if self.hot_path == "cpu_op" else torch.ops.vllm_maxact.record_triton
+        op(group.extrema, group.counts, self.n_valid, slots, xs)
 
     @property
     def cpu_op(self) -> bool:
