@@ -180,7 +180,12 @@ class Bench:
             seed=0,
             enforce_eager=eager,
             gpu_memory_utilization=self.args.mem,
+            tensor_parallel_size=self.args.tp,
         )
+        if self.args.tp > 1:
+            # vLLM 0.26's all-reduce + RMSNorm fusion picks FlashInfer's "mnnvl" backend, which
+            # needs NVLink multicast (off on the lent machines); see gpu_tp2.py --allreduce-fusion.
+            kw["compilation_config"] = {"pass_config": {"fuse_allreduce_rms": False}}
         if self.args.max_model_len:
             kw["max_model_len"] = self.args.max_model_len
         log(f"building engine {name} (plugin {'on' if enable else 'off'}, eager={eager})")
@@ -438,6 +443,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mem", type=float, default=0.4, help="gpu_memory_utilization of each engine")
     ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--tp", type=int, default=1, help="tensor_parallel_size (TP>1: all-reduce fusion off)")
     ap.add_argument("--quick", action="store_true", help="tiny workloads (CPU dry run)")
     ap.add_argument("--workloads", default="", help="comma-separated subset of workload names")
     ap.add_argument("--skip-timing", action="store_true")
@@ -461,6 +467,9 @@ def main() -> None:
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     if not args.v2_runner:
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    if args.tp > 1:  # NVLink multicast stays off (the lent machines' rule)
+        for k, v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+            os.environ.setdefault(k, v)
 
     bench = Bench(args)
     import torch

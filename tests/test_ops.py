@@ -74,6 +74,29 @@ def test_windows_and_lifetime(hot_path):
     assert rec.lifetime.tokens == 0 and rec.lifetime.max[1] == -math.inf
 
 
+def test_span_includes_what_the_publisher_collected():
+    """Replay reads per-domain spans with `take_span` while the periodic publisher also moves the
+    device window to the host: a span is everything since the previous `take_span`, not the last
+    window (which would drop the publisher's part)."""
+    rec = make("cpu_op")
+    for value, n in ((9.0, 3), (2.0, 4)):
+        rec.begin_step(n)
+        rec.record(1, torch.full((n, 2), value))
+        rec.end_step()
+        rec.collect()  # the publisher's tick
+    rec.begin_step(1)
+    rec.record(1, torch.full((1, 2), 4.0))
+    rec.end_step()
+    span = rec.take_span()
+    assert (span.max[1], span.tokens) == (9.0, 8)
+    assert rec.take_span().tokens == 0  # the next span starts empty
+    rec.begin_step(2)
+    rec.record(1, torch.full((2, 2), 1.0))
+    rec.end_step()
+    rec.reset()
+    assert rec.take_span().tokens == 0  # reset forgets the span too
+
+
 @PATHS
 def test_compiled_matches_eager_and_numpy(hot_path):
     """Inductor traces the op into a graph; its result must equal eager and a float64 truth."""

@@ -229,6 +229,9 @@ class Recorder(nn.Module):
         self._lock = threading.Lock()
         self._pending_tokens = 0
         self.lifetime = Stats.empty(self.sites)
+        #: everything collected since the last `take_span` (whoever collected it: the periodic
+        #: publisher moves the device window too, so a caller's span cannot be one window)
+        self.span = Stats.empty(self.sites)
         self.windows: collections.deque[Stats] = collections.deque()
         self._window_start = time.time()
         self.last_collect = 0.0
@@ -349,6 +352,7 @@ class Recorder(nn.Module):
             self.last_collect = now
             self.lifetime = self.lifetime.merge(win)
             self.lifetime.end = now
+            self.span = self.span.merge(win)
             if win.tokens:
                 self.windows.append(win)
             while self.windows and self.windows[0].end < now - self.window_s:
@@ -361,6 +365,14 @@ class Recorder(nn.Module):
                 while self.int8_windows and self.int8_windows[0][0] < now - self.window_s:
                     self.int8_windows.popleft()
             return win
+
+    def take_span(self) -> Stats:
+        """Everything recorded since the previous call (or reset), including what the periodic
+        publisher collected meanwhile; starts the next span."""
+        self.collect()
+        with self._lock:
+            span, self.span = self.span, Stats.empty(self.sites)
+        return span
 
     def int8_recent(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.sites)
@@ -399,6 +411,7 @@ class Recorder(nn.Module):
             self._arm()
             self._pending_tokens = 0
             self.lifetime = Stats.empty(self.sites)
+            self.span = Stats.empty(self.sites)
             self.windows.clear()
             self._window_start = time.time()
             if self.int8:

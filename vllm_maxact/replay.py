@@ -59,11 +59,12 @@ def tokenize(
     tokenizer: Any, samples: Sequence[Sample], *, limit: int, targets: Sequence[int] | None = None
 ) -> tuple[list[list[int]], int]:
     """Token ids with the model's own special-token convention (BOS where the model wants it),
-    truncated to ``limit`` (and each sample's length-bucket target); returns (ids, truncated)."""
+    truncated to ``limit`` (and each sample's length-bucket target); returns (ids, truncated).
+    ``tokenizer`` may also be a sequence of token-id lists, one per sample (pre-tokenized)."""
     ids: list[list[int]] = []
     truncated = 0
     for i, s in enumerate(samples):
-        t = tokenizer(s.text).input_ids
+        t = tokenizer(s.text).input_ids if callable(tokenizer) else tokenizer[i]
         cap = limit if targets is None else min(limit, targets[i])
         if len(t) > limit:
             truncated += 1
@@ -95,13 +96,23 @@ def run_replay(
     model: str,
     targets: Sequence[int] | None = None,
     batch_samples: int = 32,
+    batch_seconds: float | None = 10.0,
+    token_ids: Sequence[Sequence[int]] | None = None,
     out: Path | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
     int8_check: bool = False,
     calib_samples: int = 128,
     eval_samples: int = 256,
 ) -> ReplayResult:
-    """Replay ``samples`` through an already built ``llm`` (plugin active, prefix caching off)."""
+    """Replay ``samples`` through an already built ``llm`` (plugin active, prefix caching off).
+
+    Batches never mix domains. The first holds ``batch_samples`` samples; later ones are sized to
+    take about ``batch_seconds`` at the throughput measured so far (never fewer than
+    ``batch_samples`` samples): every batch ends with the engine drained and the window read, a
+    fixed cost that a fast GPU would otherwise pay every few hundred milliseconds, while the
+    progress callback still comes every few seconds. ``batch_seconds=None`` keeps every batch at
+    ``batch_samples`` samples. ``token_ids`` (one list per sample) skips tokenization, e.g. for
+    pre-tokenized corpora or engines built with ``skip_tokenizer_init``."""
     from vllm import SamplingParams
 
     from vllm_maxact.api import collect
@@ -111,7 +122,10 @@ def run_replay(
     if llm.llm_engine.vllm_config.cache_config.enable_prefix_caching:
         raise ReplayError("prefix caching is on: cached tokens are never computed, so they would not be observed")
     limit = llm.llm_engine.vllm_config.model_config.max_model_len - 1
-    ids, truncated = tokenize(llm.get_tokenizer(), samples, limit=limit, targets=targets)
+    if token_ids is not None and len(token_ids) != len(samples):
+        raise ReplayError(f"{len(token_ids)} token-id lists for {len(samples)} samples")
+    source = token_ids if token_ids is not None else llm.get_tokenizer()
+    ids, truncated = tokenize(source, samples, limit=limit, targets=targets)
     collect(llm, reset=True)  # also checks that the plugin is recording
     params = SamplingParams(max_tokens=1, temperature=0.0)
 
@@ -129,9 +143,11 @@ def run_replay(
     seconds = 0.0
     gmax: float | None = None
     batch: list[int] = []
+    batch_tokens = 0
+    budget: float | None = None  # tokens per batch, once a throughput has been measured
 
     def flush() -> None:
-        nonlocal tokens, seconds, gmax
+        nonlocal tokens, seconds, gmax, batch_tokens, budget
         if not batch:
             return
         domain = samples[batch[0]].domain
@@ -152,7 +168,13 @@ def run_replay(
                 gmax = max(gmax or 0.0, max(vals))
         if on_progress:
             on_progress(len(batch), n_tok, gmax)
+        if batch_seconds is not None and seconds > 0:
+            budget = tokens / seconds * batch_seconds
         batch.clear()
+        batch_tokens = 0
+
+    def full() -> bool:
+        return len(batch) >= batch_samples and (budget is None or batch_tokens >= budget)
 
     for phase, idx in enumerate(phases):
         if int8_check and phase == 0:
@@ -164,9 +186,10 @@ def run_replay(
             _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
             int8_result = _int8_lifetime(collect(llm), thresholds)
         for i in sorted(idx, key=lambda i: (samples[i].domain or "", i)):
-            if batch and (samples[i].domain != samples[batch[0]].domain or len(batch) >= batch_samples):
+            if batch and (samples[i].domain != samples[batch[0]].domain or full()):
                 flush()
             batch.append(i)
+            batch_tokens += len(ids[i])
         flush()
     if int8_check and int8_result is None:
         _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))

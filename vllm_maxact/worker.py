@@ -26,11 +26,12 @@ def maxact_collect(self, reset: bool = False) -> dict[str, Any] | None:
     pub = getattr(runner, "_maxact_publisher", None)
     if pub is not None:
         with pub.lock:
-            window = rec.collect()
+            window = rec.take_span()
     else:
-        window = rec.collect()
+        window = rec.take_span()
     out = payload(rec, runner.vllm_config)
-    # Everything recorded since the previous collect: replay reads per-domain spans this way.
+    # Everything recorded since the previous call (whatever the periodic publisher collected
+    # meanwhile included): replay reads per-domain spans this way.
     out["window"] = stats_dict(window)
     if reset:
         rec.reset()

@@ -1,0 +1,79 @@
+"""`run_replay` on the real SmolLM2-135M: the whole-corpus rows and every domain's rows equal a
+transformers-hooks reference over exactly that domain's tokens, whatever the batching (one
+batch per domain; batches of 2 samples; a first batch of 2, then batches sized by measured
+throughput), and pre-tokenized ids give the same rows as text."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+from conftest import build_llm, close_llm
+
+from vllm_maxact.corpus import load_corpus
+from vllm_maxact.reference import load_model, reference_stats_for_model
+from vllm_maxact.replay import run_replay
+from vllm_maxact.sites import Kind, Site
+
+pytestmark = pytest.mark.slow
+LEN = 192
+
+
+def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, smollm2_calibration, monkeypatch):
+    # The serving tests' calibration file: the same compiled graph as theirs (one compile in CI).
+    monkeypatch.setenv("VLLM_MAXACT_CALIBRATION", str(smollm2_calibration))
+    samples = load_corpus("builtin", samples=24, seed=5)
+    by_domain: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_domain[s.domain].append(i)
+    assert len(by_domain) >= 5 and max(map(len, by_domain.values())) >= 3
+
+    runs: dict[str, tuple] = {}
+    llm = build_llm(smollm2_dir)
+    try:
+        tok = llm.get_tokenizer()
+        ids = [tok(s.text).input_ids[:LEN] for s in samples]
+        for name, kw in {
+            "per_domain": dict(batch_samples=64, batch_seconds=None, targets=[LEN] * len(samples)),
+            "pairs": dict(batch_samples=2, batch_seconds=1e-9, token_ids=ids),
+            "sized": dict(batch_samples=2, batch_seconds=1e9, token_ids=ids),
+        }.items():
+            calls: list[int] = []
+            res = run_replay(llm, samples, model="smollm2", on_progress=lambda n, t, g, calls=calls: calls.append(n), **kw)
+            runs[name] = (res, calls)
+    finally:
+        close_llm(llm)
+
+    # The batching each setting asks for (samples per engine call, domain by domain).
+    sizes = {d: len(ix) for d, ix in sorted(by_domain.items())}
+    assert runs["per_domain"][1] == list(sizes.values())
+    assert runs["pairs"][1] == [m for n in sizes.values() for m in [2] * (n // 2) + [n % 2] if m]
+    # "sized": 2 samples, then the budget (throughput x 1e9 s) takes the rest of each domain.
+    ns = list(sizes.values())
+    assert runs["sized"][1] == [min(2, ns[0])] + ([ns[0] - 2] if ns[0] > 2 else []) + ns[1:]
+
+    model = load_model(smollm2_dir, dtype=torch.float32)
+    expect = {None: reference_stats_for_model(model, ids)}
+    for d, ix in by_domain.items():
+        expect[d] = reference_stats_for_model(model, [ids[i] for i in ix])
+    bad = []
+    for name, (res, _) in runs.items():
+        assert res.tokens == sum(map(len, ids))
+        rows = [r for r in res.table.to_pylist() if Site.parse(r["site"]).kind == Kind.RESIDUAL]
+        assert {r["domain"] for r in rows} == {None, *by_domain}
+        for r in rows:
+            ref = expect[r["domain"]][r["site"]]
+            # bf16 engine vs float32 reference (see test_engine_real.py)
+            if abs(r["absmax"] - ref.absmax) > 0.03 * ref.absmax:
+                bad.append(f"{name} {r['domain']} {r['site']}: {r['absmax']:.5g} vs {ref.absmax:.5g}")
+    assert not bad, "\n".join(bad[:20])
+    # Per-domain maxima really differ, and the whole corpus is their maximum.
+    whole = {r["site"]: r["absmax"] for r in runs["pairs"][0].table.to_pylist() if r["domain"] is None}
+    per = defaultdict(dict)
+    for r in runs["pairs"][0].table.to_pylist():
+        if r["domain"] is not None:
+            per[r["site"]][r["domain"]] = r["absmax"]
+    for site, vals in per.items():
+        assert whole[site] == max(vals.values()), site
+    assert len({round(v, 2) for v in per[Site(Kind.RESIDUAL, 29).name].values()}) >= 3
