@@ -42,8 +42,29 @@ def gemma_dir() -> str:
     return resolve_model("gemma3-270m", progress=False)
 
 
+#: A folder with SmolLM2's tokenizer files (tokenizer.json, tokenizer_config.json, ...) for the
+#: tiny models, instead of the bundled SmolLM2 model (which the `smollm2_dir` fixture converts,
+#: from a download if it is not installed): for machines without it, e.g. a GPU machine
+#: without network (benchmarks/gpu_families.sh). Outside the plugin's VLLM_MAXACT_ namespace.
+TOKENIZER_DIR_ENV = "MAXACT_TEST_TOKENIZER_DIR"
+#: JSON object of extra vLLM engine arguments for every engine `build_llm` starts (a test's own
+#: arguments win), e.g. '{"gpu_memory_utilization": 0.15}' on a shared GPU.
+ENGINE_ARGS_ENV = "MAXACT_TEST_ENGINE_ARGS"
+
+
 @pytest.fixture(scope="session")
-def tiny_factory(tmp_path_factory, smollm2_dir):
+def tokenizer_dir(request) -> str:
+    """The tiny models' tokenizer: $MAXACT_TEST_TOKENIZER_DIR if set, else SmolLM2's folder."""
+    override = os.environ.get(TOKENIZER_DIR_ENV)
+    if override:
+        if not (Path(override) / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"${TOKENIZER_DIR_ENV}={override} has no tokenizer.json")
+        return override
+    return request.getfixturevalue("smollm2_dir")
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory, tokenizer_dir):
     """Tiny random-weight models (no downloads), with SmolLM2's tokenizer so text works."""
     from tiny_models import make_tiny
 
@@ -52,7 +73,7 @@ def tiny_factory(tmp_path_factory, smollm2_dir):
     def get(arch: str) -> str:
         if arch not in made:
             out = tmp_path_factory.mktemp(f"tiny-{arch}")
-            made[arch] = str(make_tiny(arch, out, tokenizer_dir=smollm2_dir))
+            made[arch] = str(make_tiny(arch, out, tokenizer_dir=tokenizer_dir))
         return made[arch]
 
     return get
@@ -92,6 +113,8 @@ def smollm2_calibration(smollm2_dir, domain_texts, tmp_path_factory) -> Path:
 def build_llm(model: str, **kwargs):
     from vllm import LLM
 
+    for key, value in json.loads(os.environ.get(ENGINE_ARGS_ENV) or "{}").items():
+        kwargs.setdefault(key, value)
     kwargs.setdefault("max_model_len", 1024)
     kwargs.setdefault("enable_prefix_caching", False)
     kwargs.setdefault("dtype", "bfloat16")

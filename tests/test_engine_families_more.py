@@ -51,16 +51,37 @@ FAMILIES = {
     "qwen3_5": "qwen3_next",  # Qwen3.5 layers subclass Qwen3-Next's (vLLM's qwen3_5.py)
     "qwen3_5_moe": "qwen3_next",
     "deepseek_v3": "deepseek",  # vLLM's deepseek_v2.py
+    # Multimodal wrappers, served text-only (MULTIMODAL below): the adapters point at the text
+    # backbone, `language_model.model`.
+    "qwen2_5_vl": "qwen2_vl",
+    "gemma3_mm": "gemma3_mm",
+    "qwen3_5_mm": "qwen3_5_mm",  # Qwen3.5 as released (Qwen3_5ForConditionalGeneration)
+    "qwen3_5_moe_mm": "qwen3_5_mm",
 }
 
-#: Archs whose vLLM 0.32 model module needs torchvision: vLLM's qwen3_5.py imports qwen3_vl.py
-#: (for the multimodal Qwen3.5 classes), which imports transformers' Qwen2-VL image processor,
-#: which imports torchvision, so vLLM's registry cannot even inspect `Qwen3_5ForCausalLM` /
-#: `Qwen3_5MoeForCausalLM` without it. install.sh removes torchvision on CPU machines (the
-#: registry's wheels are CUDA builds; with torch 2.13.0+cpu their import fails: "operator
-#: torchvision::nms does not exist"), so these cases are skipped there and run wherever
-#: torchvision imports (GPU machines).
-NEEDS_TORCHVISION = {"qwen3_5", "qwen3_5_moe"}
+#: Archs whose vLLM model module needs torchvision (vLLM 0.26 and 0.32 alike): vLLM's
+#: qwen3_5.py imports qwen3_vl.py (for the multimodal Qwen3.5 classes), which imports
+#: transformers' Qwen2-VL image processor; vLLM's qwen2_5_vl.py imports it directly and
+#: gemma3_mm.py imports transformers' Gemma 3 image processor; both image processors import
+#: torchvision.transforms.v2 at module level. So vLLM's registry cannot even inspect these
+#: architectures without torchvision ("Model architectures [...] failed to be inspected").
+#: install.sh removes torchvision on CPU machines (the registry's wheels are CUDA builds; with
+#: torch 2.13.0+cpu their import fails: "operator torchvision::nms does not exist"), so these
+#: cases are skipped there and run wherever torchvision imports (GPU machines:
+#: benchmarks/gpu_families.sh).
+NEEDS_TORCHVISION = {"qwen3_5", "qwen3_5_moe", "qwen2_5_vl", "gemma3_mm", "qwen3_5_mm", "qwen3_5_moe_mm"}
+
+#: Multimodal wrappers are served text-only: `language_model_only=True` (vLLM >= 0.26) sets every
+#: modality's limit to 0, so vLLM builds no vision tower (`_mark_tower_model`) and needs no
+#: multimodal processing; the wrapper class (the adapter's architecture) and its text backbone
+#: are what runs. Prompts are token ids below the tiny models' multimodal token ids.
+MULTIMODAL = {"qwen2_5_vl", "gemma3_mm", "qwen3_5_mm", "qwen3_5_moe_mm"}
+
+#: Text-only Qwen3.5 (`Qwen3_5ForCausalLM`, `Qwen3_5MoeForCausalLM`) is a registered vLLM
+#: architecture in 0.32 but not in 0.26, whose qwen3_5.py has the classes without the hybrid
+#: (GDN state) and text-mrope interfaces the engine needs; released Qwen3.5 checkpoints are the
+#: multimodal classes, which 0.26 serves (qwen3_5_mm, qwen3_5_moe_mm).
+NEEDS_REGISTERED = {"qwen3_5": "Qwen3_5ForCausalLM", "qwen3_5_moe": "Qwen3_5MoeForCausalLM"}
 
 #: Kinds each tiny model must show somewhere (beyond embedding/residual/attn/mlp/final_norm),
 #: so the config really exercises the family's dense and MoE paths.
@@ -73,6 +94,10 @@ EXTRA_KINDS = {
     "qwen3_5": {Kind.GATE},  # dense MLP on every layer
     "qwen3_5_moe": {Kind.ROUTER},  # MoE block on every layer
     "deepseek_v3": {Kind.GATE, Kind.ROUTER},  # layer 0 dense, layers 1.. MoE
+    "qwen2_5_vl": {Kind.GATE},
+    "gemma3_mm": {Kind.GATE},
+    "qwen3_5_mm": {Kind.GATE},
+    "qwen3_5_moe_mm": {Kind.ROUTER},
 }
 
 
@@ -136,26 +161,43 @@ LAYERS = {"gemma2": 2}
 
 
 @pytest.fixture(scope="module")
-def family_model(tmp_path_factory, smollm2_dir):
+def family_model(tmp_path_factory, tokenizer_dir):
     from tiny_models import LAYERS as DEFAULT_LAYERS
     from tiny_models import make_tiny
 
     def get(arch: str) -> str:
         out = tmp_path_factory.mktemp(f"family-{arch}")
-        return str(make_tiny(arch, out, tokenizer_dir=smollm2_dir, overrides=OVERRIDES.get(arch),
+        return str(make_tiny(arch, out, tokenizer_dir=tokenizer_dir, overrides=OVERRIDES.get(arch),
                              layers=LAYERS.get(arch, DEFAULT_LAYERS)))
 
     return get
 
 
+def skip_unservable(arch: str) -> None:
+    """Skip, with the reason, an arch this vLLM build cannot serve (see NEEDS_TORCHVISION and
+    NEEDS_REGISTERED)."""
+    if arch in NEEDS_TORCHVISION:
+        pytest.importorskip(
+            "torchvision.transforms.v2",
+            reason=f"needs torchvision: vLLM's {arch} model module imports transformers' image processor, "
+            "which imports torchvision (removed on CPU machines)",
+        )
+    if arch in NEEDS_REGISTERED:
+        import vllm
+        from vllm import ModelRegistry
+
+        if NEEDS_REGISTERED[arch] not in ModelRegistry.get_supported_archs():
+            pytest.skip(f"vLLM {vllm.__version__} does not register {NEEDS_REGISTERED[arch]} (text-only "
+                        "Qwen3.5; registered in vLLM 0.32); the multimodal Qwen3.5 cases cover the family")
+
+
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_family_sites_match_transformers(arch, family_model, record_property):
-    if arch in NEEDS_TORCHVISION:
-        pytest.importorskip("torchvision.transforms.v2", reason=f"vLLM's {arch} model module imports torchvision")
+    skip_unservable(arch)
     model_dir = family_model(arch)
     toks = token_lists()
     t0 = time.monotonic()
-    llm = build_llm(model_dir)
+    llm = build_llm(model_dir, **({"language_model_only": True} if arch in MULTIMODAL else {}))
     try:
         vllm_maxact.reset_stats(llm)
         prompt_only(llm, toks)

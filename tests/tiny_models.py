@@ -54,8 +54,50 @@ ARCHS = (
     # Added for the family adapters (tests/test_engine_families_more.py):
     "gemma", "phi3", "olmo2", "deepseek_v2", "gpt_oss", "qwen3_next",
     "qwen3_5", "qwen3_5_moe", "deepseek_v3",
+    # Multimodal wrappers (text backbone + a small vision tower; see _MULTIMODAL):
+    "qwen2_5_vl", "gemma3_mm", "qwen3_5_mm", "qwen3_5_moe_mm",
     "bailing_moe",  # no transformers class: config via local remote code, no reference model
 )
+
+
+#: Multimodal token ids of the tiny multimodal wrappers: the top of the 49152-token vocab, above
+#: every id the tests prompt with, so text-only prompts never contain one.
+_MM_TOKENS: dict[str, dict[str, int]] = {
+    "qwen2_5_vl": {"vision_start_token_id": 49148, "vision_end_token_id": 49149, "image_token_id": 49150,
+                   "video_token_id": 49151},
+    "gemma3_mm": {"boi_token_index": 49149, "eoi_token_index": 49150, "image_token_index": 49151},
+}
+
+#: Processor files of the multimodal wrappers, written next to the checkpoint (what the real
+#: checkpoints ship, sized for the tiny vision towers), so that transformers' processor classes
+#: load from the folder where vLLM asks for them. The tests serve these models text-only
+#: (vLLM's `language_model_only`), where the vision tower is not built.
+_MM_FILES: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen2_5_vl": {
+        "preprocessor_config.json": {
+            "min_pixels": 3136, "max_pixels": 200704, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+        },
+    },
+    **{arch: {
+        "preprocessor_config.json": {
+            "size": {"longest_edge": 200704, "shortest_edge": 4096}, "patch_size": 16, "temporal_patch_size": 2,
+            "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "image_processor_type": "Qwen2VLImageProcessorFast", "processor_class": "Qwen3VLProcessor",
+        },
+    } for arch in ("qwen3_5_mm", "qwen3_5_moe_mm")},
+    "gemma3_mm": {
+        "preprocessor_config.json": {
+            "do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True,
+            "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": 4,
+            "processor_class": "Gemma3Processor", "resample": 2, "rescale_factor": 1 / 255,
+            "size": {"height": 64, "width": 64},
+        },
+        "processor_config.json": {"image_seq_length": 4, "processor_class": "Gemma3Processor"},
+    },
+}
 
 
 # Dense routing: the MoE models added for the family adapters route every token to every
@@ -66,6 +108,17 @@ ARCHS = (
 # site (the router Linear's logits) and the fused-MoE path are exercised all the same. The
 # older qwen3_moe and mixtral configs keep top-2 (other tests use them); pass
 # ``overrides={"num_experts_per_tok": ...}`` to make_tiny for dense routing.
+
+
+def _qwen3_5_moe_text(common: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3.5-MoE text settings: a sparse MoE block with shared expert on every layer."""
+    return dict(
+        {k: v for k, v in common.items() if k != "intermediate_size"},
+        num_experts=4,
+        num_experts_per_tok=4,  # dense routing (see above _config)
+        moe_intermediate_size=256,
+        shared_expert_intermediate_size=256,
+    )
 
 
 def _config(arch: str, layers: int) -> Any:
@@ -203,14 +256,29 @@ def _config(arch: str, layers: int) -> Any:
         )
         if arch == "qwen3_5":
             return tf.Qwen3_5TextConfig(**common, **linear, architectures=["Qwen3_5ForCausalLM"])
-        return tf.Qwen3_5MoeTextConfig(
-            **{k: v for k, v in common.items() if k != "intermediate_size"},
-            **linear,
-            num_experts=4,
-            num_experts_per_tok=4,  # dense routing (see above _config)
-            moe_intermediate_size=256,
-            shared_expert_intermediate_size=256,
-            architectures=["Qwen3_5MoeForCausalLM"],
+        return tf.Qwen3_5MoeTextConfig(**_qwen3_5_moe_text(common), **linear, architectures=["Qwen3_5MoeForCausalLM"])
+    if arch in ("qwen3_5_mm", "qwen3_5_moe_mm"):
+        # Qwen3.5 / Qwen3.5-MoE as released (`*ForConditionalGeneration`): the text models above
+        # with interleaved multimodal rope (mrope_section splits the 8 rotary frequencies of the
+        # partial rope; positions coincide for text), plus a small vision tower (2 blocks,
+        # 16x16 patches, 8x8 position grid) merging 2x2 patches into the text width.
+        text = dict(
+            common if arch == "qwen3_5_mm" else _qwen3_5_moe_text(common),
+            layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+            linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64,
+            linear_num_key_heads=2, linear_num_value_heads=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+                             "mrope_section": [3, 3, 2], "mrope_interleaved": True},
+        )
+        cls, name = ((tf.Qwen3_5Config, "Qwen3_5ForConditionalGeneration") if arch == "qwen3_5_mm"
+                     else (tf.Qwen3_5MoeConfig, "Qwen3_5MoeForConditionalGeneration"))
+        return cls(
+            text_config=text,
+            vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=HIDDEN,
+                               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64),
+            **_MM_TOKENS["qwen2_5_vl"],
+            tie_word_embeddings=True,
+            architectures=[name],
         )
     if arch == "deepseek_v3":
         # DeepSeek V3 layout: MLA with q LoRA, sigmoid scores with `noaux_tc` top-k (the
@@ -240,6 +308,36 @@ def _config(arch: str, layers: int) -> Any:
             routed_scaling_factor=2.5,
             architectures=["DeepseekV3ForCausalLM"],
         )
+    if arch == "qwen2_5_vl":
+        # Qwen2.5-VL: a Qwen2 text backbone (multimodal rope: mrope_section splits head_dim / 2
+        # over temporal / height / width positions, which coincide for text) and a small
+        # windowed ViT (2 blocks, the second with full attention) merging 2x2 patches into the
+        # text width. The vision token ids sit at the top of the vocab, above every prompt id.
+        text = dict(common, use_sliding_window=False,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]})
+        return tf.Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=HIDDEN,
+                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                               fullatt_block_indexes=[1]),
+            **_MM_TOKENS["qwen2_5_vl"],
+            tie_word_embeddings=True,
+            architectures=["Qwen2_5_VLForConditionalGeneration"],
+        )
+    if arch == "gemma3_mm":
+        # Gemma 3 multimodal: the tiny Gemma 3 text model above plus a one-layer SigLIP tower
+        # (64x64 images, 16x16 patches: 4x4 patches pooled to mm_tokens_per_image = 4).
+        text = dict(common, query_pre_attn_scalar=HEAD_DIM, sliding_window=128,
+                    layer_types=["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(layers)])
+        return tf.Gemma3Config(
+            text_config=text,
+            vision_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=64, patch_size=16, vision_use_head=False),
+            mm_tokens_per_image=4,
+            **_MM_TOKENS["gemma3_mm"],
+            tie_word_embeddings=True,
+            architectures=["Gemma3ForConditionalGeneration"],
+        )
     raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(ARCHS)}")
 
 
@@ -264,6 +362,10 @@ def _model_class(arch: str) -> type[nn.Module]:
         "qwen3_5": tf.Qwen3_5ForCausalLM,
         "qwen3_5_moe": tf.Qwen3_5MoeForCausalLM,
         "deepseek_v3": tf.DeepseekV3ForCausalLM,
+        "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
+        "gemma3_mm": tf.Gemma3ForConditionalGeneration,
+        "qwen3_5_mm": tf.Qwen3_5ForConditionalGeneration,
+        "qwen3_5_moe_mm": tf.Qwen3_5MoeForConditionalGeneration,
     }[arch]
 
 
@@ -435,9 +537,14 @@ _REMOTE_CODE_ARCHS = {"bailing_moe": _make_bailing_moe}
 
 
 def _find(model: nn.Module, attr: str) -> Any:
-    for _, m in model.named_modules():
-        if isinstance(getattr(m, attr, None), nn.ModuleList):
+    """The first module with an `attr` ModuleList, preferring one with a token embedding (the
+    text decoder, not a multimodal model's vision encoder, which may come first)."""
+    found = [m for _, m in model.named_modules() if isinstance(getattr(m, attr, None), nn.ModuleList)]
+    for m in found:
+        if isinstance(getattr(m, "embed_tokens", None), nn.Module):
             return m
+    if found:
+        return found[0]
     raise ValueError(f"no module with {attr}")
 
 
@@ -469,6 +576,8 @@ def make_tiny(
         _randomize(model, arch, torch.Generator().manual_seed(seed))
         model.to(torch.bfloat16).eval()
         model.save_pretrained(str(out_dir))
+        for name, content in _MM_FILES.get(arch, {}).items():
+            (out_dir / name).write_text(json.dumps(content, indent=1) + "\n")
     if tokenizer_dir is not None:
         copied = [
             shutil.copy2(Path(tokenizer_dir) / f, out_dir / f)

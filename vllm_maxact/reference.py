@@ -7,7 +7,9 @@ activation inside its hook in float32, so nothing is stored.
 
 Where each site is, per decoder layer i (module names of Llama, Mistral, Qwen2, Qwen3,
 Qwen3-MoE, Qwen3-Next, Mixtral, Gemma 1/2/3, Phi-3, OLMo 2, DeepSeek V2/V3 and gpt-oss in
-transformers):
+transformers; for multimodal wrappers such as Gemma 3 multimodal and Qwen2.5-VL, those of their
+text backbone, found as the module with `embed_tokens`, `layers` and `norm`: the vision
+tower's blocks are not sites):
 
 - `layers.{i}.residual`: the decoder layer's output (output[0] if it returns a tuple), i.e.
   the residual stream after the layer (hidden + residual).
@@ -197,7 +199,6 @@ def _attn_softcap(model_dir: str) -> bool:
 
 def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     import transformers
-    from transformers import AutoModelForCausalLM
 
     # transformers 4.56 renamed torch_dtype to dtype; older ones (a GPU image) only know torch_dtype.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
@@ -207,9 +208,26 @@ def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Mod
         # Attention logit soft-capping (Gemma 2) is only applied by the eager attention path:
         # transformers' default SDPA path silently skips it, i.e. computes another function.
         kwargs["attn_implementation"] = "eager"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model = _auto_class(model_dir).from_pretrained(model_dir, **kwargs)
     model.eval()
     return model
+
+
+def _auto_class(model_dir: str) -> Any:
+    """AutoModelForCausalLM where the model type has a causal-LM class (text models, and
+    Gemma 3 multimodal, whose causal-LM entry is `Gemma3ForConditionalGeneration`); otherwise
+    the image-text-to-text class (Qwen2-VL / Qwen2.5-VL: `*ForConditionalGeneration`, which
+    transformers does not list as a causal LM). Both hold the whole model, text backbone
+    included, and run text-only input ids."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(AutoConfig.from_pretrained(model_dir), "model_type", None)
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText
 
 
 def reference_stats(
