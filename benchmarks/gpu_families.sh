@@ -20,7 +20,7 @@
 #   .gpu/pytest  pure-python pytest 9 with _pytest, pluggy, iniconfig, packaging, pygments,
 #                pytest_timeout: put on the path only if `import pytest` fails there.
 # Device call, e.g. (x2 machine, another benchmark on GPU 0):
-#   run(kind="nvidia-h200-x2", carry=[".gpu/tok", ".gpu/pytest"], timeout_s=420,
+#   run(kind="nvidia-h200-x2", carry=[".gpu/tok"] (+ ".gpu/pytest" where pytest is absent), timeout_s=420,
 #       command="GPU=1 bash benchmarks/gpu_families.sh")
 # Environment: GPU (CUDA device index, default 1; 0 if the machine has one GPU), OUT (results,
 # default /tmp/maxact_families), LIMIT (seconds for pytest, default 330), MEM (vLLM
@@ -72,6 +72,10 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader
 fi
 export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$HOME/vcache_families}
+# The V1 model runner, as the project's other GPU scripts use: on vLLM 0.26's default V2 runner
+# the Qwen2.5-VL engine had not finished start-up after 6 minutes (2026-11-30; Gemma 3 multimodal
+# passed on it in 78 s); RUNNER=v2 keeps vLLM's choice.
+if [ "${RUNNER:-v1}" = v1 ]; then export VLLM_USE_V2_MODEL_RUNNER=0; fi
 export VLLM_MAXACT_PUBLISH_INTERVAL_S=0.5
 
 # -P: do not put the working directory on sys.path, so `vllm_maxact` is the installed package

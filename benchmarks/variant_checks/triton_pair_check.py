@@ -1,9 +1,12 @@
 """Interpreter check of the triton_pair variant: copy the package, put benchmarks/variants/triton_pair/*.py
 over it, then run with TRITON_INTERPRET=1 and that copy first on PYTHONPATH (see benchmarks/RESULTS.md)."""
 import os
+
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch
+
 from vllm_maxact import ops_triton
+
 
 def test_pair_sum_is_rounded_like_the_model():
     g = torch.Generator().manual_seed(0)

@@ -231,6 +231,9 @@ class Recorder(nn.Module):
         self._lock = threading.Lock()
         self._pending_tokens = 0
         self.lifetime = Stats.empty(self.sites)
+        #: everything collected since the last `take_span` (whoever collected it: the periodic
+        #: publisher moves the device window too, so a caller's span cannot be one window)
+        self.span = Stats.empty(self.sites)
         self.windows: collections.deque[Stats] = collections.deque()
         self._window_start = time.time()
         self.last_collect = 0.0
@@ -245,12 +248,10 @@ class Recorder(nn.Module):
             x = x[0] + x[1]  # an adapters.Sum: only the deferred Triton fold takes the addends
         if g in self._deferred:
             self._pending.setdefault(g, []).append((k, ops.row_stats(x) if self.hot_path == "fused" else x))
-        elif self.hot_path == "cpu_op":
-            ops.record_cpu(group.extrema, group.counts, self.n_valid, [k], [x])
-        elif self.hot_path == "triton":
-            torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, [k], [x], [None])
-        else:
+        elif self.hot_path == "fused":
             ops.record(group.extrema, group.counts, self.n_valid, k, x)
+        else:
+            self._raw_fold(group, [k], [x])
         if isinstance(x, tuple) and (slot in self.chan_row or self.int8):
             x = x[0] + x[1]
         if slot in self.chan_row:
@@ -278,14 +279,20 @@ class Recorder(nn.Module):
         if pending:
             group = self.groups[g]
             slots, values = [k for k, _ in pending], [v for _, v in pending]
-            if self.hot_path == "cpu_op":
-                ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, values)
-            elif self.hot_path == "triton":
-                xs = [v[0] if isinstance(v, tuple) else v for v in values]
-                bs = [v[1] if isinstance(v, tuple) else None for v in values]
-                torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, slots, xs, bs)
-            else:
+            if self.hot_path == "fused":
                 ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
+            else:
+                self._raw_fold(group, slots, values)
+
+    def _raw_fold(self, group: SiteGroup, slots: list[int], xs: list[torch.Tensor]) -> None:
+        """The raw-tensor hot paths: one opaque op call folds the activations ``xs`` into
+        positions ``slots`` of ``group``."""
+        if self.hot_path == "cpu_op":
+            ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, xs)
+            return
+        a = [v[0] if isinstance(v, tuple) else v for v in xs]
+        b = [v[1] if isinstance(v, tuple) else None for v in xs]
+        torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, slots, a, b)
 
     @property
     def cpu_op(self) -> bool:
@@ -355,6 +362,7 @@ class Recorder(nn.Module):
             self.last_collect = now
             self.lifetime = self.lifetime.merge(win)
             self.lifetime.end = now
+            self.span = self.span.merge(win)
             if win.tokens:
                 self.windows.append(win)
             while self.windows and self.windows[0].end < now - self.window_s:
@@ -367,6 +375,14 @@ class Recorder(nn.Module):
                 while self.int8_windows and self.int8_windows[0][0] < now - self.window_s:
                     self.int8_windows.popleft()
             return win
+
+    def take_span(self) -> Stats:
+        """Everything recorded since the previous call (or reset), including what the periodic
+        publisher collected meanwhile; starts the next span."""
+        self.collect()
+        with self._lock:
+            span, self.span = self.span, Stats.empty(self.sites)
+        return span
 
     def int8_recent(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.sites)
@@ -405,6 +421,7 @@ class Recorder(nn.Module):
             self._arm()
             self._pending_tokens = 0
             self.lifetime = Stats.empty(self.sites)
+            self.span = Stats.empty(self.sites)
             self.windows.clear()
             self._window_start = time.time()
             if self.int8:
