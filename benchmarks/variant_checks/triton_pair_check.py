@@ -2,10 +2,11 @@
 over it, then run with TRITON_INTERPRET=1 and that copy first on PYTHONPATH (see benchmarks/RESULTS.md)."""
 import os
 
-assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch
 
 from vllm_maxact import ops_triton
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1 (see the docstring)"
 
 
 def test_pair_sum_is_rounded_like_the_model():
@@ -16,7 +17,8 @@ def test_pair_sum_is_rounded_like_the_model():
         a = torch.randint(-120, 120, (T, 300), generator=g).bfloat16()
         b = torch.randint(-120, 120, (T, 300), generator=g).bfloat16()
         a[T - 1, 0], b[T - 1, 0] = 4096, 0  # exact; in a padding row when n < T
-        ext = torch.empty(2, 2); ext[:, 0], ext[:, 1] = float("-inf"), float("inf")
+        ext = torch.empty(2, 2)
+        ext[:, 0], ext[:, 1] = float("-inf"), float("inf")
         cnt = torch.zeros(2, 2, dtype=torch.int64)
         ops_triton.launch(ext, cnt, torch.tensor([n]), [0, 1], [a, a], [b, None])
         s = (a + b)[:n].float()
