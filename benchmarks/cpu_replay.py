@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Replay throughput on the CPU: vllm-maxact replay vs plain vLLM prefill vs the study's method.
 
-Same model (bundled SmolLM2-135M, bf16), same tokens (the built-in corpus, first N samples,
-tokenized once with the model's tokenizer), same machine, one run:
+Same model (bundled SmolLM2-135M, bf16), same tokens (the built-in corpus: the first N samples,
+or with --seed the replay CLI's subsample over every domain; tokenized once with the model's
+tokenizer, truncated to --max-tokens), same machine, one run:
 
   hf_hooks   transformers forward with max-recording forward hooks at every site, one sample
              at a time (the study's method, reduced to what it needs: max/min per site)
@@ -49,6 +50,8 @@ def hf_hooks_tokens_per_s(model_dir: str, toks: list[list[int]]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=None,
+                    help="take the replay CLI's subsample (`--samples N --seed S`, every domain) instead of the first N")
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--fused", action="store_true", help="also time the fused hot path (a third engine)")
@@ -68,7 +71,8 @@ def main() -> None:
 
     model = resolve_model("smollm2-135m")
     startup: dict[str, float] = {}
-    samples = load_corpus("builtin")[: args.samples]
+    samples = (load_corpus("builtin")[: args.samples] if args.seed is None
+               else load_corpus("builtin", samples=args.samples, seed=args.seed))
     engines = {}
     # maxact: the default hot path on CPU (one opaque op per layer); maxact_fused: the GPU hot
     # path (Inductor-fused tensor ops), for comparison.
@@ -116,7 +120,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
         "vllm": vllm.__version__, "torch": torch.__version__,
-        "samples": len(toks), "prompt_tokens": n_tokens, "runs": runs, "hf_hooks_runs": hf,
+        "samples": len(toks), "seed": args.seed, "max_tokens": args.max_tokens, "prompt_tokens": n_tokens, "runs": runs, "hf_hooks_runs": hf,
         "median_tok_per_s": med,
         "startup_s": startup,
         "maxact_vs_plain": med["maxact"] / med["plain"],
