@@ -23,6 +23,9 @@ LEN = 192
 def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, smollm2_calibration, monkeypatch):
     # The serving tests' calibration file: the same compiled graph as theirs (one compile in CI).
     monkeypatch.setenv("VLLM_MAXACT_CALIBRATION", str(smollm2_calibration))
+    # The periodic publisher also moves the device window to the host; ticking inside every
+    # batch, it must not take anything away from the spans replay reads.
+    monkeypatch.setenv("VLLM_MAXACT_PUBLISH_INTERVAL_S", "0.1")
     samples = load_corpus("builtin", samples=24, seed=5)
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
@@ -63,9 +66,14 @@ def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, sm
         rows = [r for r in res.table.to_pylist() if Site.parse(r["site"]).kind == Kind.RESIDUAL]
         assert {r["domain"] for r in rows} == {None, *by_domain}
         for r in rows:
+            want = ids if r["domain"] is None else [ids[i] for i in by_domain[r["domain"]]]
+            assert r["tokens"] == sum(map(len, want)), (name, r["domain"], r["site"])
             ref = expect[r["domain"]][r["site"]]
-            # bf16 engine vs float32 reference (see test_engine_real.py)
-            if abs(r["absmax"] - ref.absmax) > 0.03 * ref.absmax:
+            # bf16 engine vs float32 reference (see test_engine_real.py): 5%, as the last layer,
+            # whose residual carries the massive activations, differs by up to 4.6% on these
+            # prompts (3.5% on the whole corpus); a row credited to the wrong domain or a lost
+            # batch is off by far more (the domains' maxima differ by 2x, checked below).
+            if abs(r["absmax"] - ref.absmax) > 0.05 * ref.absmax:
                 bad.append(f"{name} {r['domain']} {r['site']}: {r['absmax']:.5g} vs {ref.absmax:.5g}")
     assert not bad, "\n".join(bad[:20])
     # Per-domain maxima really differ, and the whole corpus is their maximum.
@@ -76,4 +84,5 @@ def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, sm
             per[r["site"]][r["domain"]] = r["absmax"]
     for site, vals in per.items():
         assert whole[site] == max(vals.values()), site
-    assert len({round(v, 2) for v in per[Site(Kind.RESIDUAL, 29).name].values()}) >= 3
+    last = per[Site(Kind.RESIDUAL, 29).name].values()
+    assert len({round(v, 2) for v in last}) >= 3 and max(last) > 1.5 * min(last)
