@@ -81,7 +81,7 @@ def main() -> None:
               help="Length buckets 'TOKENS:PERCENT,...'; 'study' = 256:1,512:1,1024:2,2048:3,4096:93.")
 @click.option("--batch-size", type=int, default=32, show_default=True,
               help="Samples in the first engine call, and the fewest in any later one.")
-@click.option("--batch-seconds", type=float, default=10.0, show_default=True,
+@click.option("--batch-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Size later engine calls to take about this long (each ends with the engine drained); "
               "0 = every call --batch-size samples.")
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
