@@ -108,9 +108,9 @@ def run_replay(
 
     Batches never mix domains. The first holds ``batch_samples`` samples; later ones are sized to
     take about ``batch_seconds`` at the throughput measured so far (at least ``batch_samples``
-    samples, unless the domain ends first): every batch ends with the engine drained and the window read, a
-    fixed cost that a fast GPU would otherwise pay every few hundred milliseconds, while the
-    progress callback still comes every few seconds. ``batch_seconds=None`` keeps every batch at
+    samples, unless the domain ends first): every batch ends with the engine drained and the
+    window read, a fixed cost that a fast GPU would otherwise pay every few hundred
+    milliseconds, while the progress callback still comes every few seconds. ``batch_seconds=None`` keeps every batch at
     ``batch_samples`` samples. ``token_ids`` (one list per sample) skips tokenization, e.g. for
     pre-tokenized corpora or engines built with ``skip_tokenizer_init``."""
     from vllm import SamplingParams
