@@ -55,16 +55,14 @@ def check_writable(path: Path) -> None:
         raise ReplayError(f"--out {path} is a directory; give a file name like {path / 'maxact.arrow'}")
 
 
-def tokenize(
-    tokenizer: Any, samples: Sequence[Sample], *, limit: int, targets: Sequence[int] | None = None
+def truncate(
+    token_ids: Sequence[Sequence[int]], *, limit: int, targets: Sequence[int] | None = None
 ) -> tuple[list[list[int]], int]:
-    """Token ids with the model's own special-token convention (BOS where the model wants it),
-    truncated to ``limit`` (and each sample's length-bucket target); returns (ids, truncated).
-    ``tokenizer`` may also be a sequence of token-id lists, one per sample (pre-tokenized)."""
+    """Each sample's ids cut to ``limit`` (and to its length-bucket target); returns (ids, the
+    number of samples longer than ``limit``)."""
     ids: list[list[int]] = []
     truncated = 0
-    for i, s in enumerate(samples):
-        t = tokenizer(s.text).input_ids if callable(tokenizer) else tokenizer[i]
+    for i, t in enumerate(token_ids):
         cap = limit if targets is None else min(limit, targets[i])
         if len(t) > limit:
             truncated += 1
@@ -124,8 +122,10 @@ def run_replay(
     limit = llm.llm_engine.vllm_config.model_config.max_model_len - 1
     if token_ids is not None and len(token_ids) != len(samples):
         raise ReplayError(f"{len(token_ids)} token-id lists for {len(samples)} samples")
-    source = token_ids if token_ids is not None else llm.get_tokenizer()
-    ids, truncated = tokenize(source, samples, limit=limit, targets=targets)
+    if token_ids is None:  # the model's own special-token convention (BOS where it wants one)
+        tokenizer = llm.get_tokenizer()
+        token_ids = [tokenizer(s.text).input_ids for s in samples]
+    ids, truncated = truncate(token_ids, limit=limit, targets=targets)
     collect(llm, reset=True)  # also checks that the plugin is recording
     params = SamplingParams(max_tokens=1, temperature=0.0)
 
