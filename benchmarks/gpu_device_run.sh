@@ -9,8 +9,8 @@
 # HOT_PATH (optional) sets VLLM_MAXACT_HOT_PATH for that process (fused, triton; default auto).
 # VARIANT is `tree` (the package as installed from the working tree) or a folder under
 # benchmarks/variants/ whose .py files replace the installed package's modules of the same
-# names (an experiment: the package is copied to $HOME/var_LABEL and put first on PYTHONPATH);
-# `a+b` applies folder a, then b (e.g. triton_pair+triton_one_fold).
+# names (an experiment: the package is copied to $HOME/var_LABEL and put first on PYTHONPATH;
+# see benchmarks/variants/apply.sh); `a+b` applies folder a, then b.
 set -uo pipefail
 OUT=${OUT:-/tmp/maxact_out}
 LIMIT=${LIMIT:-560}
@@ -27,7 +27,7 @@ for spec in "${specs[@]}"; do
   if [ "$variant" != tree ]; then
     rm -rf "$HOME/var_$label" && mkdir -p "$HOME/var_$label"
     cp -r "$HOME/site/vllm_maxact" "$HOME/var_$label/"
-    for v in ${variant//+/ }; do cp benchmarks/variants/"$v"/*.py "$HOME/var_$label/vllm_maxact/"; done
+    bash benchmarks/variants/apply.sh "$HOME/var_$label/vllm_maxact" "$variant"
     path=$HOME/var_$label:$HOME/site
   fi
   fb=()

@@ -1,5 +1,10 @@
-"""Interpreter check of the triton_pair variant: copy the package, put benchmarks/variants/triton_pair/*.py
-over it, then run with TRITON_INTERPRET=1 and that copy first on PYTHONPATH (see benchmarks/RESULTS.md)."""
+"""Interpreter check of the triton_pair variant, on a copy of the package with the variant put
+over it, first on PYTHONPATH:
+
+    mkdir -p /tmp/var && cp -r vllm_maxact /tmp/var/ && cp -r plugins /tmp/var/vllm_maxact/plugins
+    bash benchmarks/variants/apply.sh /tmp/var/vllm_maxact triton_pair
+    TRITON_INTERPRET=1 PYTHONPATH=/tmp/var python -m pytest benchmarks/variant_checks/triton_pair_check.py
+"""
 import os
 
 import torch

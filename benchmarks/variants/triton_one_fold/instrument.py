@@ -1,87 +1,25 @@
-"""VARIANT (benchmarks/variants/triton_one_fold): one fold per decoder layer on the raw-tensor
-paths; vLLM's RMSNorm inside instrumented layers calls the non-donating fused add + norm.
-
-Attach a `Recorder` to a loaded vLLM model, before vLLM compiles it.
-
-Hooks are registered right after weights load and before the first forward, so Dynamo traces
-them into the compiled graph (hooks added after the first trace would never run).
-"""
+"""VARIANT (benchmarks/variants/triton_one_fold), over the tree's instrument.py (kept by
+benchmarks/variants/apply.sh as `_tree_instrument`): one fold per decoder layer on the
+raw-tensor paths; vLLM's RMSNorm inside instrumented layers calls the non-donating fused
+add + norm, so what a deferred fold still holds (the attention output) stays valid to the
+layer's end. Only `defer_layer_folds` changes (patched into the tree module, whose
+`instrument` calls it) and `_keep_inputs` is new."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-
-import torch
 from torch import nn
+from vllm_maxact._tree_instrument import *  # noqa: F403
 
-from vllm_maxact.adapters import Adapter, Probe, find_adapter
-from vllm_maxact.config import MaxActConfig
+from vllm_maxact import _tree_instrument as _tree
+from vllm_maxact.adapters import Probe
 from vllm_maxact.recorder import Recorder
-from vllm_maxact.sites import CHANNEL_KINDS, Kind
-
-logger = logging.getLogger("vllm_maxact")
-
-
-def select(probes: Iterable[Probe], cfg: MaxActConfig) -> list[Probe]:
-    kinds = set(cfg.kinds)
-    layers = cfg.layer_set()
-    out = []
-    for p in probes:
-        if p.site.kind not in kinds:
-            continue
-        if layers is not None and p.site.layer is not None and p.site.layer not in layers:
-            continue
-        out.append(p)
-    # Stable slot order: embedding, then by layer and kind, then final norm.
-    order = {k: i for i, k in enumerate(Kind)}
-    out.sort(key=lambda p: (p.site.layer is None and p.site.kind != Kind.EMBEDDING,
-                            -1 if p.site.layer is None else p.site.layer, order[p.site.kind]))
-    return out
-
-
-def _record(rec: Recorder, slot: int, x) -> None:
-    if x is not None:
-        rec.record(slot, x)
-
-
-def _output_hook(rec: Recorder, slot: int, extract):
-    def hook(module: nn.Module, args, output) -> None:
-        _record(rec, slot, extract(output))
-
-    return hook
-
-
-def _input_hook(rec: Recorder, slot: int, extract):
-    def hook(module: nn.Module, args, kwargs) -> None:
-        _record(rec, slot, extract(args, kwargs))
-
-    return hook
-
-
-def _flush_hook(rec: Recorder, group: int):
-    def hook(module: nn.Module, args, output) -> None:
-        rec.flush(group)
-
-    return hook
-
-
-def _flush_pre_hook(rec: Recorder, group: int):
-    def hook(module: nn.Module, args) -> None:
-        rec.flush(group, raw_only=True)
-
-    return hook
-
-
-def _is_norm(module: nn.Module) -> bool:
-    return type(module).__name__.endswith("Norm")
 
 
 def _keep_inputs(norm: nn.Module) -> bool:
     """Make vLLM's RMSNorm ``norm`` call the fused add + RMSNorm's default (functional)
-    overload instead of ``maybe_inplace``, so its inputs (e.g. the attention output a deferred
-    fold still holds) stay valid after it. Only the exact RMSNorm class, whose native forward
-    is known; returns False for anything else (the caller then folds before it)."""
+    overload instead of ``maybe_inplace``, so its inputs stay valid after it. Only the exact
+    RMSNorm class, whose native forward is known; returns False for anything else (the caller
+    then folds before it)."""
     try:
         from vllm import ir
         from vllm.model_executor.layers.layernorm import RMSNorm
@@ -109,103 +47,30 @@ def _keep_inputs(norm: nn.Module) -> bool:
     return True
 
 
-def linear_width(module: nn.Module) -> int:
-    """Input features of a (vLLM or torch) linear layer: the width of a channel site."""
-    for attr in ("input_size", "in_features"):
-        if isinstance(getattr(module, attr, None), int):
-            return getattr(module, attr)
-    return module.weight.shape[-1]
-
-
-def _contains(outer: nn.Module, inner: nn.Module) -> bool:
-    return any(m is inner for m in outer.modules())
-
-
 def defer_layer_folds(rec: Recorder, probes: list[Probe]) -> int:
-    """Fold each decoder layer's sites once, after the layer returns (one reduction kernel per
-    layer instead of one per site). A layer qualifies when one of its probed modules contains
-    all the others (the layer itself, for every shipped adapter): a forward hook on it, added
-    after the site hooks, runs after all of them. Returns the number of deferred layers.
-
-    The raw-tensor hot paths (`cpu_op`, `triton`) hold the activations themselves until the
-    fold, and vLLM's fused add + RMSNorm may take its inputs in place (``maybe_inplace``: it
-    donates them, and compilation rejects any later use). So those paths also fold what is
-    pending just before every norm inside the layer: two folds per decoder layer for Llama's
-    layout (attn_out before the post-attention norm; the rest when the layer returns)."""
+    """The tree's, except that on the raw-tensor paths a norm `_keep_inputs` can change gets no
+    fold before it (one fold per layer)."""
     by_layer: dict[int, list[tuple[int, Probe]]] = {}
     for slot, p in enumerate(probes):
         if p.site.layer is not None:
             by_layer.setdefault(p.site.layer, []).append((slot, p))
     n = kept = 0
     for members in by_layer.values():
-        anchor = next((p.module for _, p in members if all(_contains(p.module, q.module) for _, q in members)), None)
+        anchor = next((p.module for _, p in members if all(_tree._contains(p.module, q.module) for _, q in members)),
+                      None)
         if anchor is None:
             continue
         group = rec.defer(members[0][0])
-        anchor.register_forward_hook(_flush_hook(rec, group))
+        anchor.register_forward_hook(_tree._flush_hook(rec, group))
         for m in anchor.modules():
-            if m is not anchor and _is_norm(m):
+            if m is not anchor and _tree._is_norm(m):
                 if rec.hot_path != "fused" and _keep_inputs(m):
                     kept += 1
                 else:
-                    m.register_forward_pre_hook(_flush_pre_hook(rec, group))
+                    m.register_forward_pre_hook(_tree._flush_pre_hook(rec, group))
         n += 1
-    logger.info("vllm-maxact: %d layers fold once each; %d norms inside them keep their inputs", n, kept)
+    _tree.logger.info("vllm-maxact: %d layers fold once each; %d norms inside them keep their inputs", n, kept)
     return n
 
 
-def load_calibration(rec: Recorder, path) -> None:
-    """Live drift: thresholds from a `vllm-maxact scales` file; evaluate from the start."""
-    from vllm_maxact.int8 import read_scales
-
-    scales = read_scales(path)
-    thr = [[scales.get(s.name, {}).get("threshold_max") or 0.0, scales.get(s.name, {}).get("threshold_p999") or 0.0]
-           for s in rec.sites]
-    missing = [s.name for s, t in zip(rec.sites, thr, strict=True) if not t[0]]
-    if missing:
-        logger.warning("vllm-maxact: calibration %s has no threshold for %d sites (e.g. %s)", path, len(missing),
-                       missing[0])
-    rec.set_int8(2, thr)
-
-
-def instrument(
-    model: nn.Module, cfg: MaxActConfig, device: torch.device, adapter: Adapter | None = None
-) -> Recorder | None:
-    """Register recording hooks on ``model``; returns its recorder, or None if unsupported."""
-    adapter = adapter or find_adapter(model)
-    arch = type(model).__name__
-    if adapter is None:
-        logger.warning(
-            "vllm-maxact: no adapter for architecture %s; this model is served WITHOUT activation "
-            "recording. Add an adapter (entry-point group 'vllm_maxact.adapters') to cover it.",
-            arch,
-        )
-        return None
-    probes = select(adapter.probes(model), cfg)
-    seen = set()
-    for p in probes:
-        if p.site in seen:
-            raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
-        seen.add(p.site)
-    widths = {p.site: linear_width(p.module) for p in probes if p.site.kind in CHANNEL_KINDS}
-    rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
-                   int8_hist=cfg.int8_check, hot_path=cfg.hot_path, widths=widths)
-    if cfg.calibration is not None:
-        load_calibration(rec, cfg.calibration)
-    rec.adapter_name = adapter.name
-    rec.architecture = arch
-    for slot, p in enumerate(probes):
-        if p.on == "output":
-            p.module.register_forward_hook(_output_hook(rec, slot, p.extract))
-        else:
-            p.module.register_forward_pre_hook(_input_hook(rec, slot, p.extract), with_kwargs=True)
-    defer_layer_folds(rec, probes)
-    # Keep the recorder reachable from the compiled module so its buffers are module state.
-    adapter.decoder(model).maxact_recorder = rec
-    n_layers = len({p.site.layer for p in probes if p.site.layer is not None})
-    logger.info(
-        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s, hot path %s)",
-        len(probes), arch, adapter.name, n_layers, ",".join(sorted({p.site.kind.value for p in probes})),
-        rec.hot_path,
-    )
-    return rec
+_tree.defer_layer_folds = defer_layer_folds

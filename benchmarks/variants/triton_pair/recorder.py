@@ -1,430 +1,47 @@
-"""VARIANT (benchmarks/variants/triton_pair): takes `adapters.Sum` addends.
-
-Device buffers per site, and the host side that reads them in windows.
-
-The device side is three persistent buffers (see `ops.record`). The host side never touches
-them during a forward: `Recorder.collect` runs in the worker thread between steps (stream
-ordered after the forwards it reads), copies the buffers to the host, re-arms them, and folds
-the window into the lifetime statistics. Windows are therefore exact: nothing recorded between
-a copy and a reset can be lost, because both are queued on the same stream.
-"""
+"""VARIANT (benchmarks/variants/triton_pair), over the tree's recorder.py (kept by
+benchmarks/variants/apply.sh as `_tree_recorder`): `Recorder.record` takes `adapters.Sum`
+addends, which only the deferred Triton fold passes on as they are (the kernel adds them);
+every other path adds them first. `record` and `_raw_fold` are patched into the tree's class."""
 
 from __future__ import annotations
 
-import collections
-import os
-import threading
-import time
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
-from torch import nn
+from vllm_maxact._tree_recorder import *  # noqa: F403
 
+from vllm_maxact import _tree_recorder as _tree
 from vllm_maxact import ops, ops_int8
-from vllm_maxact.sites import CHANNEL_KINDS, Site
 
 
-@dataclass
-class Stats:
-    """Statistics of a set of sites over some span of tokens (host side, numpy)."""
-
-    sites: list[Site]
-    max: np.ndarray  # float64 [S], -inf where nothing finite was seen
-    min: np.ndarray  # float64 [S], +inf where nothing finite was seen
-    nan: np.ndarray  # int64 [S]
-    inf: np.ndarray  # int64 [S]
-    tokens: int = 0
-    start: float = field(default_factory=time.time)
-    end: float = field(default_factory=time.time)
-    #: channel sites only (slot -> float64 [H]): per-channel max |x|
-    chan: dict[int, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, sites: list[Site], start: float | None = None) -> Stats:
-        n = len(sites)
-        now = time.time() if start is None else start
-        return cls(
-            list(sites),
-            np.full(n, -np.inf),
-            np.full(n, np.inf),
-            np.zeros(n, np.int64),
-            np.zeros(n, np.int64),
-            0,
-            now,
-            now,
-        )
-
-    @property
-    def absmax(self) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            a = np.maximum(np.abs(self.max), np.abs(self.min))
-        a[~(np.isfinite(self.max) & np.isfinite(self.min))] = np.nan
-        return a
-
-    def merge(self, other: Stats) -> Stats:
-        """Elementwise union of two spans of the same sites."""
-        assert self.sites == other.sites
-        chan = dict(self.chan)
-        for sl, v in other.chan.items():
-            chan[sl] = np.maximum(chan[sl], v) if sl in chan else v.copy()
-        return Stats(
-            self.sites,
-            np.maximum(self.max, other.max),
-            np.minimum(self.min, other.min),
-            self.nan + other.nan,
-            self.inf + other.inf,
-            self.tokens + other.tokens,
-            min(self.start, other.start),
-            max(self.end, other.end),
-            chan,
-        )
-
-    def copy(self) -> Stats:
-        return Stats(
-            list(self.sites),
-            self.max.copy(),
-            self.min.copy(),
-            self.nan.copy(),
-            self.inf.copy(),
-            self.tokens,
-            self.start,
-            self.end,
-            {sl: v.copy() for sl, v in self.chan.items()},
-        )
+def record(self, slot: int, x: torch.Tensor) -> None:
+    g, k = self.where[slot]
+    group = self.groups[g]
+    if isinstance(x, tuple) and not (self.hot_path == "triton" and g in self._deferred):
+        x = x[0] + x[1]  # an adapters.Sum: only the deferred Triton fold takes the addends
+    if g in self._deferred:
+        self._pending.setdefault(g, []).append((k, ops.row_stats(x) if self.hot_path == "fused" else x))
+    elif self.hot_path == "fused":
+        ops.record(group.extrema, group.counts, self.n_valid, k, x)
+    else:
+        self._raw_fold(group, [k], [x])
+    if isinstance(x, tuple) and (slot in self.chan_row or self.int8):
+        x = x[0] + x[1]
+    if slot in self.chan_row:
+        (ops.record_channels_cpu if self.cpu_op else ops.record_channels)(
+            group.chan, self.n_valid, self.chan_row[slot], x)
+    if self.int8:
+        (ops_int8.record_int8_cpu if self.cpu_op else ops_int8.record_int8)(
+            group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
+            with_hist=self.int8_hist)
 
 
-class SiteGroup(nn.Module):
-    """The device buffers of one group of sites: one decoder layer's sites, or one model-level
-    site (embedding, final norm).
-
-    Each layer owns buffers of the same shape and addresses its sites by their position within
-    the layer, so the compiled code of every decoder layer is identical: vLLM compiles a layer
-    once and reuses it, as it does without the plugin (one global buffer indexed by a global
-    slot would make every layer's graph different and multiply the cold compile time by the
-    depth), and the fold's masked work is per layer, not per model.
-    """
-
-    def __init__(self, n: int, device: torch.device, int8: bool, channels: int = 0, width: int = 0) -> None:
-        super().__init__()
-        if channels:
-            # Per-channel max |x| of the group's channel sites (attn_in, mlp_in), one row each.
-            self.register_buffer("chan", torch.zeros(channels, width, dtype=torch.float32, device=device),
-                                 persistent=False)
-        # Registered buffers (non-persistent: never part of a checkpoint) so that Dynamo lifts them
-        # as graph inputs with stable addresses, which CUDA-graph replay writes through.
-        self.register_buffer("extrema", torch.empty(n, 2, dtype=torch.float32, device=device), persistent=False)
-        self.register_buffer("counts", torch.zeros(n, 2, dtype=torch.int64, device=device), persistent=False)
-        if int8:
-            # Thresholds (max, p999) per site; accumulators of the reconstruction check; the
-            # calibration histogram.
-            self.register_buffer("qthr", torch.zeros(n, 2, dtype=torch.float32, device=device), persistent=False)
-            self.register_buffer("qacc", torch.zeros(n, 2, 4, dtype=torch.float64, device=device), persistent=False)
-            self.register_buffer("qcnt", torch.zeros(n, 2, 2, dtype=torch.int64, device=device), persistent=False)
-            self.register_buffer("qhist", torch.zeros(n, ops_int8.HIST_BINS, dtype=torch.int64, device=device), persistent=False)
+def _raw_fold(self, group, slots: list[int], xs: list) -> None:
+    if self.hot_path == "cpu_op":
+        ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, xs)
+        return
+    a = [v[0] if isinstance(v, tuple) else v for v in xs]
+    b = [v[1] if isinstance(v, tuple) else None for v in xs]
+    torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, slots, a, b)
 
 
-HOT_PATHS = ("fused", "cpu_op", "triton")
-
-
-def resolve_hot_path(hot_path: str | None, device: torch.device | str) -> str:
-    """'fused': tensor ops traced into the compiled graph (Inductor fuses them; any device).
-    'cpu_op': one opaque CPU op per layer (compile time independent of depth).
-    'triton': one Triton kernel per layer (CUDA; on CPU only under TRITON_INTERPRET=1, for tests).
-    None / 'auto': cpu_op on CPU, triton on CUDA when Triton imports, fused otherwise."""
-    dev = torch.device(device).type
-    if hot_path in (None, "auto"):
-        if dev == "cpu":
-            return "cpu_op"
-        if dev == "cuda" and _triton_available():
-            return "triton"
-        return "fused"
-    if hot_path not in HOT_PATHS:
-        raise ValueError(f"unknown hot path {hot_path!r}; choose one of auto, {', '.join(HOT_PATHS)}")
-    if hot_path == "cpu_op" and dev != "cpu":
-        raise ValueError(f"VLLM_MAXACT_HOT_PATH=cpu_op needs a CPU model; this one is on {device} (use 'auto')")
-    if hot_path == "triton":
-        if not _triton_available():
-            raise ValueError("VLLM_MAXACT_HOT_PATH=triton needs the triton package (pip install triton), "
-                             "or use 'auto'")
-        if dev != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"VLLM_MAXACT_HOT_PATH=triton needs a CUDA model; this one is on {device} (use 'auto')")
-    return hot_path
-
-
-def _triton_available() -> bool:
-    try:
-        from vllm_maxact import ops_triton  # noqa: F401  (registers vllm_maxact::record_triton)
-    except Exception:  # noqa: BLE001  (no triton, or a triton without a usable backend)
-        return False
-    return True
-
-
-def _group_key(site: Site):
-    return ("layer", site.layer) if site.layer is not None else ("model", site.kind)
-
-
-class Recorder(nn.Module):
-    """Owns the device buffers for one model replica (one worker / rank).
-
-    Sites are numbered by slot (their order in ``sites``); on the device a slot lives at a
-    position in its `SiteGroup`. The host side (`collect`, `Stats`) always sees all slots.
-    """
-
-    def __init__(
-        self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
-        int8_hist: bool = True, hot_path: str | None = None, widths: dict[Site, int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.sites = list(sites)
-        self.slot = {s: i for i, s in enumerate(self.sites)}
-        #: how sites are reduced in the forward (see `resolve_hot_path`)
-        self.hot_path = resolve_hot_path(hot_path, device)
-        n = len(self.sites)
-        members: dict[tuple, list[int]] = {}
-        for i, s in enumerate(self.sites):
-            members.setdefault(_group_key(s), []).append(i)
-        #: slot -> (group index, position in the group); group -> its slots, in slot order
-        self.where: list[tuple[int, int]] = [(0, 0)] * n
-        self.group_slots: list[list[int]] = list(members.values())
-        for g, slots in enumerate(self.group_slots):
-            for k, slot in enumerate(slots):
-                self.where[slot] = (g, k)
-        self.int8 = int8
-        self.int8_hist = int8 and int8_hist  # the calibration histogram (replay --int8-check only)
-        # Channel sites (kinds in CHANNEL_KINDS): slot -> row in its group's `chan` buffer.
-        widths = widths or {}
-        self.chan_row: dict[int, int] = {}
-        chan_rows: list[list[int]] = []
-        for slots in self.group_slots:
-            rows = [sl for sl in slots if self.sites[sl].kind in CHANNEL_KINDS]
-            for r, sl in enumerate(rows):
-                if self.sites[sl] not in widths:
-                    raise ValueError(f"channel site {self.sites[sl]} needs its width (channels)")
-                self.chan_row[sl] = r
-            chan_rows.append(rows)
-        #: channel sites in the order `collect` returns their rows, and their widths
-        self.chan_slots = [sl for rows in chan_rows for sl in rows]
-        self._chan_width = {sl: widths[self.sites[sl]] for sl in self.chan_slots}
-        # One buffer width for every group (the widest channel site; narrower ones use a prefix),
-        # so `collect` concatenates all groups' rows in one copy.
-        width = max(self._chan_width.values(), default=0)
-        self.groups = nn.ModuleList(
-            SiteGroup(len(sl), device, int8, len(rows), width)
-            for sl, rows in zip(self.group_slots, chan_rows, strict=True)
-        )
-        self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
-        #: Row statistics waiting for their group's fold (see `defer` / `flush`): traced as a
-        #: Python list inside one forward, always empty between forwards.
-        self._deferred: set[int] = set()
-        self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        if int8:
-            # The phase (0 off, 1 calibrate, 2 evaluate), shared by every group.
-            self.register_buffer("qmode", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
-            self.int8_lifetime = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
-            self.int8_windows: collections.deque = collections.deque()
-            self.int8_last = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
-            self.qthr_host = np.zeros((n, 2), np.float32)  # never read the device from a side thread
-        self._arm()
-        self._live = False
-        self.window_s = window_s
-        self._lock = threading.Lock()
-        self._pending_tokens = 0
-        self.lifetime = Stats.empty(self.sites)
-        #: everything collected since the last `take_span` (whoever collected it: the periodic
-        #: publisher moves the device window too, so a caller's span cannot be one window)
-        self.span = Stats.empty(self.sites)
-        self.windows: collections.deque[Stats] = collections.deque()
-        self._window_start = time.time()
-        self.last_collect = 0.0
-
-    # -- inside the forward (traced into the compiled graph) --------------------------------
-    def record(self, slot: int, x: torch.Tensor) -> None:
-        """Fold one site's activation ``x`` (any shape, last axis = features) into its slot;
-        in a deferred group, only its row statistics now and the fold at `flush`."""
-        g, k = self.where[slot]
-        group = self.groups[g]
-        if isinstance(x, tuple) and not (self.hot_path == "triton" and g in self._deferred):
-            x = x[0] + x[1]  # an adapters.Sum: only the deferred Triton fold takes the addends
-        if g in self._deferred:
-            self._pending.setdefault(g, []).append((k, ops.row_stats(x) if self.hot_path == "fused" else x))
-        elif self.hot_path == "fused":
-            ops.record(group.extrema, group.counts, self.n_valid, k, x)
-        else:
-            self._raw_fold(group, [k], [x])
-        if isinstance(x, tuple) and (slot in self.chan_row or self.int8):
-            x = x[0] + x[1]
-        if slot in self.chan_row:
-            (ops.record_channels_cpu if self.cpu_op else ops.record_channels)(
-                group.chan, self.n_valid, self.chan_row[slot], x)
-        if self.int8:
-            (ops_int8.record_int8_cpu if self.cpu_op else ops_int8.record_int8)(
-                group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
-                with_hist=self.int8_hist)
-
-    def defer(self, slot: int) -> int:
-        """Make ``slot``'s group fold once per forward, at `flush` (one kernel, or one CPU op
-        call, per layer instead of one per site); the caller must call ``flush(group)`` after
-        the group's last site."""
-        g = self.where[slot][0]
-        self._deferred.add(g)
-        return g
-
-    def flush(self, g: int, raw_only: bool = False) -> None:
-        """Fold group ``g``'s pending sites. ``raw_only``: only where the pending entries are
-        the activations themselves (not the fused path's row statistics, which are ours)."""
-        if raw_only and self.hot_path == "fused":
-            return
-        pending = self._pending.pop(g, None)
-        if pending:
-            group = self.groups[g]
-            slots, values = [k for k, _ in pending], [v for _, v in pending]
-            if self.hot_path == "fused":
-                ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
-            else:
-                self._raw_fold(group, slots, values)
-
-    def _raw_fold(self, group: SiteGroup, slots: list[int], xs: list[torch.Tensor]) -> None:
-        """The raw-tensor hot paths: one opaque op call folds the activations ``xs`` into
-        positions ``slots`` of ``group``."""
-        if self.hot_path == "cpu_op":
-            ops.record_cpu(group.extrema, group.counts, self.n_valid, slots, xs)
-            return
-        a = [v[0] if isinstance(v, tuple) else v for v in xs]
-        b = [v[1] if isinstance(v, tuple) else None for v in xs]
-        torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, self.n_valid, slots, a, b)
-
-    @property
-    def cpu_op(self) -> bool:
-        """The opaque CPU ops also serve the opt-in channel and INT-8 sites."""
-        return self.hot_path == "cpu_op"
-
-    # -- host-side views (concatenated over groups, in slot order) --------------------------
-    def _cat(self, name: str) -> torch.Tensor:
-        return torch.cat([getattr(g, name) for g in self.groups])
-
-    @property
-    def qthr(self) -> torch.Tensor:
-        return self._cat("qthr")
-
-    @property
-    def qhist(self) -> torch.Tensor:
-        return self._cat("qhist")
-
-    # -- per step (worker thread, outside the compiled graph) -------------------------------
-    def begin_step(self, num_tokens: int) -> None:
-        self._pending.clear()  # only a forward that raised can leave rows here
-        if not self._live:
-            # Warm-up, profiling and graph capture ran before this (with n_valid == 0, so they
-            # should have recorded nothing); re-arm anyway so no start-up value can survive.
-            self._live = True
-            self._arm()
-        self.n_valid.fill_(num_tokens)
-        self._pending_tokens += num_tokens
-
-    def end_step(self) -> None:
-        # Anything that runs the model outside a real step (dummy, profile, graph capture)
-        # sees n_valid == 0 and records nothing.
-        self.n_valid.fill_(0)
-
-    # -- reading ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def _arm(self) -> None:
-        for g in self.groups:
-            g.extrema[:, 0].fill_(float("-inf"))
-            g.extrema[:, 1].fill_(float("inf"))
-            g.counts.zero_()
-            if hasattr(g, "chan"):
-                g.chan.zero_()
-            if self.int8:
-                g.qacc.zero_()
-                g.qcnt.zero_()
-
-    @torch.no_grad()
-    def collect(self) -> Stats:
-        """Move the device window to the host and re-arm the buffers. Returns that window."""
-        with self._lock:
-            ext = self._cat("extrema").to("cpu").double().numpy()
-            cnt = self._cat("counts").to("cpu").numpy()
-            chan = None
-            if self.chan_slots:
-                rows = torch.cat([g.chan for g in self.groups if hasattr(g, "chan")]).to("cpu").numpy()
-                chan = {sl: rows[i, : self._chan_width[sl]].astype(np.float64) for i, sl in enumerate(self.chan_slots)}
-            if self.int8:
-                qa = self._cat("qacc").to("cpu").numpy()
-                qc = self._cat("qcnt").to("cpu").numpy()
-            self._arm()
-            now = time.time()
-            win = Stats(self.sites, ext[:, 0], ext[:, 1], cnt[:, 0], cnt[:, 1], self._pending_tokens,
-                        self._window_start, now, chan or {})
-            self._pending_tokens = 0
-            self._window_start = now
-            self.last_collect = now
-            self.lifetime = self.lifetime.merge(win)
-            self.lifetime.end = now
-            self.span = self.span.merge(win)
-            if win.tokens:
-                self.windows.append(win)
-            while self.windows and self.windows[0].end < now - self.window_s:
-                self.windows.popleft()
-            if self.int8:
-                self.int8_last = (qa, qc)
-                self.int8_lifetime = (self.int8_lifetime[0] + qa, self.int8_lifetime[1] + qc)
-                if win.tokens:
-                    self.int8_windows.append((now, qa, qc))
-                while self.int8_windows and self.int8_windows[0][0] < now - self.window_s:
-                    self.int8_windows.popleft()
-            return win
-
-    def take_span(self) -> Stats:
-        """Everything recorded since the previous call (or reset), including what the periodic
-        publisher collected meanwhile; starts the next span."""
-        self.collect()
-        with self._lock:
-            span, self.span = self.span, Stats.empty(self.sites)
-        return span
-
-    def int8_recent(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self.sites)
-        acc, cnt = np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64)
-        now = time.time()
-        for t, a, c in self.int8_windows:
-            if t >= now - self.window_s:
-                acc, cnt = acc + a, cnt + c
-        return acc, cnt
-
-    @torch.no_grad()
-    def set_int8(self, mode: int, thresholds: np.ndarray | None = None, clear_hist: bool = False) -> None:
-        """Switch the INT-8 phase; called between steps (worker thread)."""
-        if thresholds is not None:
-            self.qthr_host = np.asarray(thresholds, dtype=np.float32).reshape(len(self.sites), 2)
-            for g, slots in zip(self.groups, self.group_slots, strict=True):
-                g.qthr.copy_(torch.as_tensor(self.qthr_host[slots]))
-        if clear_hist:
-            for g in self.groups:
-                g.qhist.zero_()
-        self.qmode.fill_(mode)
-
-    def recent(self) -> Stats:
-        """Union of the windows that ended within the last ``window_s`` seconds."""
-        now = time.time()
-        out = Stats.empty(self.sites, now - self.window_s)
-        for w in self.windows:
-            if w.end >= now - self.window_s:
-                out = out.merge(w)
-        out.start, out.end = now - self.window_s, now
-        return out
-
-    def reset(self) -> None:
-        """Forget everything: device buffers, lifetime and windows."""
-        with self._lock:
-            self._arm()
-            self._pending_tokens = 0
-            self.lifetime = Stats.empty(self.sites)
-            self.span = Stats.empty(self.sites)
-            self.windows.clear()
-            self._window_start = time.time()
-            if self.int8:
-                n = len(self.sites)
-                self.int8_lifetime = (np.zeros((n, 2, 4)), np.zeros((n, 2, 2), np.int64))
-                self.int8_windows.clear()
+_tree.Recorder.record = record
+_tree.Recorder._raw_fold = _raw_fold
