@@ -77,6 +77,8 @@ export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$HOME/vcache_famili
 # passed on it in 78 s); RUNNER=v2 keeps vLLM's choice.
 if [ "${RUNNER:-v1}" = v1 ]; then export VLLM_USE_V2_MODEL_RUNNER=0; fi
 export VLLM_MAXACT_PUBLISH_INTERVAL_S=0.5
+# Nothing outside the GPU machine can be reached: never wait on the Hugging Face hub.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # -P: do not put the working directory on sys.path, so `vllm_maxact` is the installed package
 # (with vllm_maxact.plugins; the repository's folder has no plugins/ inside it); conftest.py
@@ -104,7 +106,8 @@ except Exception as e:  # noqa: BLE001
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
-timeout -k 15 "$LIMIT" python3 -P -m pytest -p no:cacheprovider -o addopts= -o junit_family=xunit1 ${STOP:+-x} -q -rs \
+# -s: vLLM's own log reaches families.log as it runs (a start-up that never ends shows where).
+timeout -k 15 "$LIMIT" python3 -P -m pytest -p no:cacheprovider -o addopts= -o junit_family=xunit1 ${STOP:+-x} -q -rs -s \
   tests/test_engine_families_more.py -k "test_family_sites_match_transformers and ($K)" \
   --junitxml="$OUT/families.xml" 2>&1 | tee "$OUT/families.log" | grep -v "^(EngineCore\|^(Worker\|^INFO\|^WARNING\|^DEBUG" | tail -40
 rc=${PIPESTATUS[0]}

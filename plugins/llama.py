@@ -6,3 +6,4 @@ from vllm_maxact.adapters import Adapter
 class LlamaAdapter(Adapter):
     name = "llama"
     architectures = ("LlamaForCausalLM", "MistralForCausalLM")
+    fusable_layout = True

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 RTOL, ATOL = 0.04, 0.02
 
 
-def close(a: float, b: float) -> bool:
-    return abs(a - b) <= RTOL * abs(b) + ATOL
+def close(a: float, b: float, rtol: float = RTOL) -> bool:
+    return abs(a - b) <= rtol * abs(b) + ATOL
 
 
 def token_lists(seed: int = 0) -> list[list[int]]:
@@ -34,13 +34,24 @@ def token_lists(seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(3, 49000) for _ in range(n)] for n in (5, 37, 120, 301, 64)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused", "llama-triton"])
 def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
-    """``llama-fused``: the hot path GPUs use (Inductor-visible ops, per-layer deferred fold),
-    forced on the CPU build, so it runs inside real vLLM here too."""
-    if arch.endswith("-fused"):
-        arch = arch.removesuffix("-fused")
-        monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", "fused")
+    """``llama-fused``: the Inductor-visible hot path (per-layer deferred fold), forced on the
+    CPU build. ``llama-triton``: the GPU default, every site recorded inside Triton versions of
+    the model's norm and SiLU-and-mul kernels (`vllm_maxact.fusion`), run by Triton's
+    interpreter in vLLM's engine process (spawned after TRITON_INTERPRET is set)."""
+    rtol = RTOL
+    if "-" in arch:
+        arch, hot = arch.split("-")
+        monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", hot)
+        if hot == "triton":
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+            # The model's norms and activations are now our kernels (vLLM's eager rounding: the
+            # norm rounds before its weight, where the compiled CPU norm does not), so the bf16
+            # drift differs: measured, the last layer's MLP output turns a 2% gate difference into
+            # 5.0% (the other paths: 2.2%); the earlier layers and the final norm agree within 2.2%.
+            # A site mix-up is off by the tiny models' 3-4x range steps between layers.
+            rtol = 0.06
     model_dir = tiny_factory(arch)
     toks = token_lists()
     got = stats_by_site(served_stats(model_dir, toks))
@@ -59,7 +70,7 @@ def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
         assert g["tokens"] == total, name
         assert g["nan_count"] == 0 and g["inf_count"] == 0, name
         for key, rv in (("max", r.max), ("min", r.min), ("absmax", r.absmax)):
-            if not close(g[key], rv):
+            if not close(g[key], rv, rtol):
                 bad.append(f"{name}.{key}: vllm {g[key]:.5g} vs transformers {rv:.5g}")
     assert not bad, "\n".join(bad)
     # The sites really differ (so a mix-up could not pass): residual grows, gates do not.

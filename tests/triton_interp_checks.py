@@ -47,3 +47,98 @@ def test_one_launch_equals_float64_per_site(tokens, valid):
         assert got == _truth(x, valid), slot
     for slot in (0, 2, 5):
         assert float(ext[slot, 0]) == float("-inf") and int(cnt[slot].sum()) == 0
+
+
+# -- sites recorded inside the model's own kernels (vllm_maxact.ops_norm) ------------------------
+
+def _armed(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ext = torch.empty(n, 2)
+    ext[:, 0], ext[:, 1] = float("-inf"), float("inf")
+    return ext, torch.zeros(n, 2, dtype=torch.int64)
+
+
+def _same_within_one_ulp(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal where finite, up to a float32 summation order that may move a rounding by one ulp."""
+    g, w = got.double(), want.double()
+    fin = torch.isfinite(w)
+    assert torch.equal(torch.isnan(g), torch.isnan(w)) and torch.equal(g[torch.isinf(w)], w[torch.isinf(w)])
+    ulp = w[fin].abs() * 2.0 ** -(7 if want.dtype == torch.bfloat16 else 10)
+    assert bool(((g[fin] - w[fin]).abs() <= ulp + 1e-30).all())
+    assert int((g[fin] != w[fin]).sum()) <= 0.01 * max(int(fin.sum()), 100)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens,valid", [(1, 1), (5, 3), (37, 37), (40, 0), (300, 299)])
+def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype):
+    """The fused add + RMSNorm with recording: outputs equal vLLM's native implementation; x,
+    the sum (as stored) and the output are folded at their positions of two groups, NaN / Inf
+    counted, padding rows (a huge value in the last one) ignored, other positions untouched.
+    300 rows exceed the interpreter's 8 programs, so each program loops over rows."""
+    from vllm.ir.ops.layernorm import fused_add_rms_norm
+
+    from vllm_maxact import ops_norm  # noqa: F401
+
+    g = torch.Generator().manual_seed(tokens)
+    H = 96
+    x = (torch.randn(tokens, H, generator=g) * 3).to(dtype)
+    r = (torch.randn(tokens, H, generator=g) * 40).to(dtype)
+    w = (torch.randn(H, generator=g)).to(dtype)
+    x[min(2, tokens - 1), 7] = float("nan")
+    r[0, 9] = float("inf")
+    x[tokens - 1, 5] = 3e4  # a padding row whenever valid < tokens
+    ea, ca = _armed(4)
+    eb, cb = _armed(2)
+    out, res = torch.ops.vllm_maxact.rms_norm_rec(x, r, w, 1e-5, torch.tensor([valid]), ea, ca, 1, 3, eb, cb, 0)
+    want_out, want_res = fused_add_rms_norm.impls["native"].impl_fn(x, r, w, 1e-5)
+    torch.testing.assert_close(res, want_res, rtol=0, atol=0, equal_nan=True)  # the sum: exact
+    _same_within_one_ulp(out, want_out)
+    for (e, c, pos), t in (((ea, ca, 1), x), ((ea, ca, 3), res), ((eb, cb, 0), out)):
+        assert (float(e[pos, 0]), float(e[pos, 1]), int(c[pos, 0]), int(c[pos, 1])) == _truth(t, valid), pos
+    for e, c, pos in ((ea, ca, 0), (ea, ca, 2), (eb, cb, 1)):
+        assert float(e[pos, 0]) == float("-inf") and float(e[pos, 1]) == float("inf") and int(c[pos].sum()) == 0
+
+
+def test_in_kernel_rms_norm_without_residual_or_weight():
+    """The first layer's input norm (no residual: records its input, the embedding) and a
+    weightless norm; positions of -1 record nothing."""
+    from vllm.ir.ops.layernorm import rms_norm
+
+    from vllm_maxact import ops_norm  # noqa: F401
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(23, 80, generator=g) * 5).to(torch.bfloat16)
+    w = torch.randn(80, generator=g).to(torch.bfloat16)
+    ea, ca = _armed(2)
+    out, empty = torch.ops.vllm_maxact.rms_norm_rec(x, None, w, 1e-6, torch.tensor([20]), ea, ca, 1, -1, None, None,
+                                                    -1)
+    assert empty.numel() == 0
+    _same_within_one_ulp(out, rms_norm.impls["native"].impl_fn(x, w, 1e-6))
+    assert (float(ea[1, 0]), float(ea[1, 1]), int(ca[1, 0]), int(ca[1, 1])) == _truth(x, 20)
+    assert float(ea[0, 0]) == float("-inf")
+    out2, _ = torch.ops.vllm_maxact.rms_norm_rec(x, None, None, 1e-6, torch.tensor([20]), None, None, -1, -1, ea, ca,
+                                                 0)
+    _same_within_one_ulp(out2, rms_norm.impls["native"].impl_fn(x, None, 1e-6))
+    assert (float(ea[0, 0]), float(ea[0, 1])) == _truth(out2, 20)[:2]
+
+
+@pytest.mark.parametrize("tokens,valid", [(1, 1), (6, 4), (300, 300), (9, 0)])
+def test_in_kernel_silu_and_mul_records_the_gate(tokens, valid):
+    """SiLU-and-mul with recording equals vLLM's native ``silu(gate) * up`` and folds the gate
+    half (not the up half, which holds the larger values here) over the valid rows; a width that
+    is not a multiple of the column block."""
+    from vllm.model_executor.layers.activation import SiluAndMul
+
+    from vllm_maxact import ops_norm  # noqa: F401
+
+    g = torch.Generator().manual_seed(tokens)
+    D = 1500
+    x = torch.randn(tokens, 2 * D, generator=g)
+    x[:, D:] *= 50
+    x = x.to(torch.bfloat16)
+    x[0, 3] = float("nan")
+    x[tokens - 1, 11] = -1e4  # a padding row whenever valid < tokens
+    e, c = _armed(3)
+    y = torch.ops.vllm_maxact.silu_and_mul_rec(x, torch.tensor([valid]), e, c, 2)
+    _same_within_one_ulp(y, SiluAndMul.forward_native(x))
+    assert (float(e[2, 0]), float(e[2, 1]), int(c[2, 0]), int(c[2, 1])) == _truth(x[:, :D], valid)
+    assert float(e[0, 0]) == float("-inf") and int(c[:2].sum()) == 0

@@ -94,6 +94,11 @@ class Adapter:
     #: Position of the hidden states among a decoder layer's positional arguments (Llama's
     #: layers take ``(positions, hidden_states, residual)``); a keyword argument wins.
     hidden_arg_index = 1
+    #: The decoder is vLLM's Llama layout exactly (``input_layernorm(x, residual)``, attention,
+    #: ``post_attention_layernorm(x, residual)``, an MLP whose ``act_fn`` takes the merged
+    #: gate/up projection, a final ``norm(x, residual)``), so the `triton` hot path may record
+    #: the default sites inside those norms and activations (`vllm_maxact.fusion`).
+    fusable_layout = False
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.architectures

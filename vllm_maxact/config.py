@@ -66,6 +66,12 @@ class MaxActConfig(BaseSettings):
         "of depth); 'triton' = one Triton kernel per layer (CUDA); 'auto' = cpu_op on CPU, triton on CUDA "
         "(fused where Triton is missing).",
     )
+    fuse_sites: bool = Field(
+        True,
+        description="On the triton hot path, record the sites of adapters that declare vLLM's Llama layout "
+        "inside Triton versions of the model's own fused add + RMSNorm and SiLU-and-mul kernels (no extra "
+        "launch or read); 0: one extra kernel per layer instead.",
+    )
     admin_token: str | None = Field(
         None, description="Bearer token required by state-changing HTTP endpoints (reset)."
     )
@@ -89,7 +95,7 @@ class MaxActConfig(BaseSettings):
         """What changes the traced graph; mixed into vLLM's compile-cache key."""
         return json.dumps(
             {"kinds": [k.value for k in self.kinds], "layers": self.layers, "int8": self.int8_enabled,
-             "hot_path": self.hot_path},
+             "hot_path": self.hot_path, "fuse_sites": self.fuse_sites},
             sort_keys=True,
         )
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from vllm_maxact.adapters import Adapter, Probe, find_adapter
 from vllm_maxact.config import MaxActConfig
+from vllm_maxact.fusion import fuse_sites
 from vllm_maxact.recorder import Recorder
 from vllm_maxact.sites import CHANNEL_KINDS, Kind
 
@@ -86,7 +87,7 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
     return any(m is inner for m in outer.modules())
 
 
-def defer_layer_folds(rec: Recorder, probes: list[Probe]) -> int:
+def defer_layer_folds(rec: Recorder, probes: list[Probe], skip: set[int] | frozenset = frozenset()) -> int:
     """Fold each decoder layer's sites once, after the layer returns (one reduction kernel per
     layer instead of one per site). A layer qualifies when one of its probed modules contains
     all the others (the layer itself, for every shipped adapter): a forward hook on it, added
@@ -96,10 +97,11 @@ def defer_layer_folds(rec: Recorder, probes: list[Probe]) -> int:
     fold, and vLLM's fused add + RMSNorm may take its inputs in place (``maybe_inplace``: it
     donates them, and compilation rejects any later use). So those paths also fold what is
     pending just before every norm inside the layer: two folds per decoder layer for Llama's
-    layout (attn_out before the post-attention norm; the rest when the layer returns)."""
+    layout (attn_out before the post-attention norm; the rest when the layer returns).
+    Slots in ``skip`` are recorded elsewhere (`fusion.fuse_sites`) and have no hook."""
     by_layer: dict[int, list[tuple[int, Probe]]] = {}
     for slot, p in enumerate(probes):
-        if p.site.layer is not None:
+        if p.site.layer is not None and slot not in skip:
             by_layer.setdefault(p.site.layer, []).append((slot, p))
     n = 0
     for members in by_layer.values():
@@ -155,18 +157,21 @@ def instrument(
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
     rec.architecture = arch
+    fused = fuse_sites(rec, adapter, model, probes) if cfg.fuse_sites else set()
     for slot, p in enumerate(probes):
+        if slot in fused:
+            continue
         if p.on == "output":
             p.module.register_forward_hook(_output_hook(rec, slot, p.extract))
         else:
             p.module.register_forward_pre_hook(_input_hook(rec, slot, p.extract), with_kwargs=True)
-    defer_layer_folds(rec, probes)
+    defer_layer_folds(rec, probes, fused)
     # Keep the recorder reachable from the compiled module so its buffers are module state.
     adapter.decoder(model).maxact_recorder = rec
     n_layers = len({p.site.layer for p in probes if p.site.layer is not None})
     logger.info(
-        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s, hot path %s)",
+        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s, hot path %s%s)",
         len(probes), arch, adapter.name, n_layers, ",".join(sorted({p.site.kind.value for p in probes})),
-        rec.hot_path,
+        rec.hot_path, f", {len(fused)} inside the model's kernels" if fused else "",
     )
     return rec
