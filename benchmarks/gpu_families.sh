@@ -106,11 +106,18 @@ except Exception as e:  # noqa: BLE001
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
+# A start-up that never ends (Qwen2.5-VL, twice, after "Using FlashInfer for top-p & top-k
+# sampling"): 30 s before the limit, SIGABRT to the engine process, whose Python then prints
+# every thread's stack (PYTHONFAULTHANDLER) into families.log.
+export PYTHONFAULTHANDLER=1
+( sleep $((LIMIT > 60 ? LIMIT - 30 : LIMIT / 2)); pkill -ABRT -f EngineCore && echo "watchdog: SIGABRT to EngineCore" ) &
+WATCHDOG=$!
 # -s: vLLM's own log reaches families.log as it runs (a start-up that never ends shows where).
 timeout -k 15 "$LIMIT" python3 -P -m pytest -p no:cacheprovider -o addopts= -o junit_family=xunit1 ${STOP:+-x} -q -rs -s \
   tests/test_engine_families_more.py -k "test_family_sites_match_transformers and ($K)" \
   --junitxml="$OUT/families.xml" 2>&1 | tee "$OUT/families.log" | grep -v "^(EngineCore\|^(Worker\|^INFO\|^WARNING\|^DEBUG" | tail -40
 rc=${PIPESTATUS[0]}
+kill "$WATCHDOG" 2>/dev/null
 echo "pytest exit: $rc"
 python3 -P - "$OUT/families.xml" <<'EOF' || true
 import sys, xml.etree.ElementTree as ET

@@ -52,13 +52,13 @@ def _site(x_ptr, width, stride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_prog
         cn = tl.sum(tl.sum(nan, axis=1), axis=0)
         ci = tl.sum(tl.sum(inf, axis=1), axis=0)
         if h > float("-inf"):
-            tl.atomic_max(ext_ptr + 2 * pos, h)
+            tl.atomic_max(ext_ptr + 2 * pos, h, sem="relaxed")
         if lw < float("inf"):
-            tl.atomic_min(ext_ptr + 2 * pos + 1, lw)
+            tl.atomic_min(ext_ptr + 2 * pos + 1, lw, sem="relaxed")
         if cn > 0:
-            tl.atomic_add(cnt_ptr + 2 * pos, cn.to(tl.int64))
+            tl.atomic_add(cnt_ptr + 2 * pos, cn.to(tl.int64), sem="relaxed")
         if ci > 0:
-            tl.atomic_add(cnt_ptr + 2 * pos + 1, ci.to(tl.int64))
+            tl.atomic_add(cnt_ptr + 2 * pos + 1, ci.to(tl.int64), sem="relaxed")
 
 
 @triton.jit

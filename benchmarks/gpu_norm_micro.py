@@ -1,0 +1,148 @@
+"""Kernel-level timing of the in-kernel recording ops (vllm_maxact/ops_norm.py) against the
+kernels the plain model runs (vLLM's native fused add + RMSNorm and SiLU-and-mul, compiled by
+Inductor), at Llama-3-8B widths, as CUDA-graph replays of 32 calls (one per decoder layer).
+Also the same ops with acquire-release atomics (Triton's default) instead of relaxed ones, the
+kernels of benchmarks/variants/norm_scalar, and the unfused path's per-layer kernel.
+Needs only torch and triton (no vLLM): python3 benchmarks/gpu_norm_micro.py [--out FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+H, INTER, EPS = 4096, 14336, 1e-5
+LAYERS = 32
+
+
+def native_add_rms_norm(x, r, w):
+    # vLLM's native fused_add_rms_norm (vllm/ir/ops/layernorm.py)
+    s = x.float() + r.float()
+    res = s.to(x.dtype)
+    y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + EPS)
+    return (y.to(w.dtype) * w).to(x.dtype), res
+
+
+def native_silu_and_mul(x):
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+#: kernel sets timed: tag -> (source file, memory order of its atomics)
+KERNELS = {
+    "relaxed": ("vllm_maxact/ops_norm.py", "relaxed"),
+    "acq_rel": ("vllm_maxact/ops_norm.py", "acq_rel"),
+    "scalar": ("benchmarks/variants/norm_scalar/ops_norm.py", "relaxed"),
+}
+
+
+def load_ops(tag: str) -> types.ModuleType:
+    """An ops_norm.py (`KERNELS`), with its atomics' memory order, under the op namespace maxact_<tag>."""
+    file, sem = KERNELS[tag]
+    src = (ROOT / file).read_text()
+    src = src.replace('sem="relaxed"', f'sem="{sem}"').replace("vllm_maxact::", f"maxact_{tag}::")
+    path = Path(f"/tmp/ops_norm_{tag}.py")
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"ops_norm_{tag}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_record_triton():
+    """vllm_maxact/ops_triton.py's op (the unfused triton hot path), loaded from the tree."""
+    spec = importlib.util.spec_from_file_location("ops_triton_tree", ROOT / "vllm_maxact" / "ops_triton.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.record_triton
+
+
+def graph_us(fn, reps: int = 20) -> float:
+    """µs per call: LAYERS calls captured in one CUDA graph, replayed ``reps`` times (median of 5)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(LAYERS):
+            fn()
+    times = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        g.replay()
+        a.record()
+        for _ in range(reps):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1000 / reps / LAYERS)
+    return sorted(times)[2]
+
+
+def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
+    x = torch.randn(T, H, device=dev, dtype=torch.bfloat16)
+    r = torch.randn(T, H, device=dev, dtype=torch.bfloat16) * 30
+    w = torch.randn(H, device=dev, dtype=torch.bfloat16)
+    gu = torch.randn(T, 2 * INTER, device=dev, dtype=torch.bfloat16)
+    nv = torch.tensor([T], device=dev)
+    ext = torch.full((4, 2), float("inf"), device=dev)
+    ext[:, 0] = float("-inf")
+    cnt = torch.zeros(4, 2, dtype=torch.int64, device=dev)
+    ext2, cnt2 = ext.clone(), cnt.clone()
+    row = {"tokens": T,
+           "norm_inductor_us": graph_us(lambda: cnorm(x, r, w)),
+           "silu_inductor_us": graph_us(lambda: csilu(gu))}
+    for sem in ops:  # the kernel set's tag
+        op = getattr(torch.ops, f"maxact_{sem}")
+        row[f"norm_rec_{sem}_us"] = graph_us(lambda op=op: op.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, None, None, -1))
+        row[f"norm_rec3_{sem}_us"] = graph_us(lambda op=op: op.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, ext2, cnt2, 0))
+        row[f"silu_rec_{sem}_us"] = graph_us(lambda op=op: op.silu_and_mul_rec(gu, nv, ext, cnt, 2))
+    if record_triton is not None:  # the unfused path: one extra kernel per layer reading 4 sites
+        sites = [x, r, x, gu[:, :INTER]]
+        row["record_triton_4sites_us"] = graph_us(lambda: record_triton(ext2, cnt2, nv, [0, 1, 2, 3], sites))
+    # what the recorded ops compute equals the native ones
+    o1, r1 = torch.ops.maxact_relaxed.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, None, None, -1)
+    o0, r0 = native_add_rms_norm(x, r, w)
+    row["norm_max_rel_dev"] = float(((o1.float() - o0.float()).abs() / o0.float().abs().clamp_min(1e-2)).max())
+    row["sum_equal"] = bool(torch.equal(r1, r0))
+    row["silu_max_rel_dev"] = float(((torch.ops.maxact_relaxed.silu_and_mul_rec(gu, nv, ext, cnt, 2).float()
+                                       - native_silu_and_mul(gu).float()).abs()
+                                      / native_silu_and_mul(gu).float().abs().clamp_min(1e-2)).max())
+    row["recorded_sum_max_ok"] = float(ext[1, 0]) == float(r0.float().max())
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--tokens", default="1,64,256,2048,16384")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    ops = {tag: load_ops(tag) for tag in KERNELS}
+    cnorm = torch.compile(native_add_rms_norm, dynamic=False)
+    csilu = torch.compile(native_silu_and_mul, dynamic=False)
+    rt = load_record_triton()
+    rows = []
+    for T in (int(t) for t in args.tokens.split(",")):
+        rows.append(measure(T, ops, cnorm, csilu, dev, rt))
+        print(json.dumps(rows[-1]), flush=True)
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "triton": __import__("triton").__version__, "layers_per_graph": LAYERS, "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
