@@ -1,16 +1,19 @@
-"""VARIANT (benchmarks/variants/norm_scalar): the tree's vllm_maxact/ops_norm.py with
-  - per row ONE multi-operand reduction (the variance and the statistics of x and of the sum
-    together) into running scalars, instead of nine [H]-wide accumulators reduced once at the end
-    (12 block reductions per launch; registers that limit occupancy),
-  - up to 64 programs per SM (one row per program for decode and small prefill steps, as
-    Inductor's norm kernel) instead of 4,
-  - SiLU-and-mul: 1-D column blocks of 2,048 with 8 warps, one reduction per row.
-Predicted from benchmarks/gpu_norm_micro.py (tree kernels: 2.1x-2.5x Inductor's time per norm at
-T = 1 and 16,384): within about 1 us of Inductor's kernels at decode sizes and near its bandwidth
-in prefill. Checked by the interpreter tests only (not yet run on a GPU):
-  bash benchmarks/variants/apply.sh <copy of vllm_maxact> norm_scalar, then
-  TRITON_INTERPRET=1 python -m pytest tests/triton_interp_checks.py -k in_kernel
-with the copy first on PYTHONPATH.
+"""VARIANT (benchmarks/variants/norm_scalar): the tree's vllm_maxact/ops_norm.py with kernels
+that keep a plain kernel's register budget (the tree's: 181 registers per thread for the norm,
+255 plus spills for the final norm, 117 for SiLU-and-mul on sm_90, so one program per SM):
+  - the norm in two passes over 1,024-column blocks per row, as Inductor's looped norm kernel
+    (the first stores the sum and accumulates the sum of squares, the second re-reads the
+    L2-hot inputs and stores the output); the statistics in [1,024] accumulators across the
+    program's rows, reduced once per launch: 62 registers (76 for the final norm), four
+    programs per SM;
+  - up to 64 programs per SM (one row per program at decode sizes, as Inductor's) instead of 4;
+  - SiLU-and-mul: 1-D column blocks of 2,048 with 8 warps, one 3-operand reduction per row into
+    running scalars: 75 registers.
+Register counts: Triton 3.9 compiled for sm_90 on a CPU machine (cuobjdump -res-usage).
+Checked by the interpreter tests (tests/triton_interp_checks.py -k in_kernel, with a copy of the
+package made by `bash benchmarks/variants/apply.sh <copy>/vllm_maxact norm_scalar` first on
+PYTHONPATH) and a 2,500-column case (three blocks, masked tail): outputs and statistics exact.
+Not yet run on a GPU: `python3 benchmarks/gpu_norm_micro.py` times it (columns `scalar`).
 
 GPU hot path, fused form: record sites inside the kernels that already read them.
 
@@ -41,6 +44,8 @@ import triton.language as tl
 #: step's per-program atomics (a few per program) stay cheap
 PROGRAMS_PER_SM = 64
 ACT_BLOCK_C = 2048  # columns per SiLU-and-mul program
+NORM_BLOCK = 1024  # columns per step of each pass (62 registers at 8 warps on sm_90: four programs per SM)
+NORM_WARPS = 8
 
 
 @functools.cache
@@ -83,12 +88,6 @@ def _comb3(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
-def _comb7(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
-    return (a0 + b0, tl.maximum(a1, b1), tl.minimum(a2, b2), a3 + b3, tl.maximum(a4, b4), tl.minimum(a5, b5),
-            a6 + b6)
-
-
-@triton.jit
 def _fold(ext_ptr, cnt_ptr, pos, h, lw, cn, ci):
     """One program's max, min, NaN and Inf counts into row ``pos`` of a group's extrema [k, 2] /
     counts [k, 2] (relaxed atomics: the host reads after the stream has finished)."""
@@ -106,63 +105,74 @@ def _fold(ext_ptr, cnt_ptr, pos, h, lw, cn, ci):
 def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
                  ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
                  HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
-                 REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr):
-    """Rows ``pid, pid + P, ...``; per row ONE reduction gives the variance and the statistics of
-    x and of the sum (a second one the output's, in the final norm only), kept as running
-    scalars: the registers stay those of a plain norm kernel."""
+                 REC_O: tl.constexpr, RB: tl.constexpr, RTNE: tl.constexpr):
+    """Rows ``pid, pid + P, ...``, each in two passes over column blocks of ``RB`` (as Inductor's
+    looped norm kernel): the first reads x and the residual, stores the sum and accumulates the
+    sum of squares; the second re-reads them (L2-hot) and stores the normalised output. The
+    statistics accumulate in [RB] vectors across all of the program's rows and are reduced once,
+    in one multi-operand reduction, before the atomics."""
     pid = tl.program_id(0)
     step = tl.num_programs(0)
     n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
-    cols = tl.arange(0, BH)
-    cm = cols < H
-    if HAS_W:
-        w = tl.load(w_ptr + cols, mask=cm, other=0.0)
-    hx = tl.full([], float("-inf"), tl.float32)
-    lx = tl.full([], float("inf"), tl.float32)
-    nx = tl.full([], 0, tl.int32)
-    ix = tl.full([], 0, tl.int32)
-    hs = tl.full([], float("-inf"), tl.float32)
-    ls = tl.full([], float("inf"), tl.float32)
-    ns = tl.full([], 0, tl.int32)
-    i_s = tl.full([], 0, tl.int32)
-    ho = tl.full([], float("-inf"), tl.float32)
-    lo = tl.full([], float("inf"), tl.float32)
-    no = tl.full([], 0, tl.int32)
-    io = tl.full([], 0, tl.int32)
+    offs = tl.arange(0, RB)
+    hx = tl.full([RB], float("-inf"), tl.float32)
+    lx = tl.full([RB], float("inf"), tl.float32)
+    bx = tl.zeros([RB], tl.int32)
+    hs = tl.full([RB], float("-inf"), tl.float32)
+    ls = tl.full([RB], float("inf"), tl.float32)
+    bs = tl.zeros([RB], tl.int32)
+    ho = tl.full([RB], float("-inf"), tl.float32)
+    lo = tl.full([RB], float("inf"), tl.float32)
+    bo = tl.zeros([RB], tl.int32)
     for row in range(pid, T, step):
-        rm = cm & (row < n)
+        valid = row < n
         row64 = tl.cast(row, tl.int64)
-        x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
-        if HAS_RES:
-            s = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
-            s_out = _cast(s, rout_ptr.dtype.element_ty, RTNE)
-            tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
-            s_rec = s_out.to(tl.float32)
-        else:
-            s = x
-            s_rec = x
-        a1, a2, a3 = _parts(x, rm & REC_X)
-        a4, a5, a6 = _parts(s_rec, rm & REC_S)
-        ss, b1, b2, b3, b4, b5, b6 = tl.reduce((s * s, a1, a2, a3, a4, a5, a6), 0, _comb7)
-        hx, lx, nx, ix = tl.maximum(hx, b1), tl.minimum(lx, b2), nx + (b3 & 0xFFFF), ix + (b3 >> 16)
-        hs, ls, ns, i_s = tl.maximum(hs, b4), tl.minimum(ls, b5), ns + (b6 & 0xFFFF), i_s + (b6 >> 16)
-        y = s * tl.rsqrt(ss / H + eps)
-        if HAS_W:
-            # vLLM's native order: round to the weight's dtype, then scale
-            y = _cast(y, w_ptr.dtype.element_ty, RTNE and w_ptr.dtype.element_ty == tl.bfloat16).to(tl.float32) \
-                * w.to(tl.float32)
-        y_out = _cast(y, out_ptr.dtype.element_ty, RTNE)
-        tl.store(out_ptr + row64 * so + cols, y_out, mask=cm)
-        if REC_O:
-            c1, c2, c3 = _parts(y_out.to(tl.float32), rm)
-            d1, d2, d3 = tl.reduce((c1, c2, c3), 0, _comb3)
-            ho, lo, no, io = tl.maximum(ho, d1), tl.minimum(lo, d2), no + (d3 & 0xFFFF), io + (d3 >> 16)
+        ssv = tl.zeros([RB], tl.float32)
+        for c0 in range(0, H, RB):
+            cols = c0 + offs
+            cm = cols < H
+            rm = cm & valid
+            x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
+            if REC_X:
+                a1, a2, a3 = _parts(x, rm)
+                hx, lx, bx = tl.maximum(hx, a1), tl.minimum(lx, a2), bx + a3
+            if HAS_RES:
+                sm = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
+                s_out = _cast(sm, rout_ptr.dtype.element_ty, RTNE)
+                tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
+                if REC_S:
+                    a4, a5, a6 = _parts(s_out.to(tl.float32), rm)
+                    hs, ls, bs = tl.maximum(hs, a4), tl.minimum(ls, a5), bs + a6
+            else:
+                sm = x
+            ssv += sm * sm
+        rstd = tl.rsqrt(tl.sum(ssv, axis=0) / H + eps)
+        for c0 in range(0, H, RB):
+            cols = c0 + offs
+            cm = cols < H
+            sm = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
+            if HAS_RES:
+                sm += tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
+            y = sm * rstd
+            if HAS_W:
+                # vLLM's native order: round to the weight's dtype, then scale
+                w = tl.load(w_ptr + cols, mask=cm, other=0.0)
+                y = _cast(y, w_ptr.dtype.element_ty, RTNE and w_ptr.dtype.element_ty == tl.bfloat16).to(tl.float32) \
+                    * w.to(tl.float32)
+            y_out = _cast(y, out_ptr.dtype.element_ty, RTNE)
+            tl.store(out_ptr + row64 * so + cols, y_out, mask=cm)
+            if REC_O:
+                a7, a8, a9 = _parts(y_out.to(tl.float32), cm & valid)
+                ho, lo, bo = tl.maximum(ho, a7), tl.minimum(lo, a8), bo + a9
     if REC_X:
-        _fold(ea_ptr, ca_ptr, pos_x, hx, lx, nx, ix)
+        h, lw, b = tl.reduce((hx, lx, bx), 0, _comb3)
+        _fold(ea_ptr, ca_ptr, pos_x, h, lw, b & 0xFFFF, b >> 16)
     if REC_S:
-        _fold(ea_ptr, ca_ptr, pos_s, hs, ls, ns, i_s)
+        h, lw, b = tl.reduce((hs, ls, bs), 0, _comb3)
+        _fold(ea_ptr, ca_ptr, pos_s, h, lw, b & 0xFFFF, b >> 16)
     if REC_O:
-        _fold(eb_ptr, cb_ptr, pos_o, ho, lo, no, io)
+        h, lw, b = tl.reduce((ho, lo, bo), 0, _comb3)
+        _fold(eb_ptr, cb_ptr, pos_o, h, lw, b & 0xFFFF, b >> 16)
 
 
 @triton.jit
@@ -204,10 +214,6 @@ def _rtne(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _norm_warps(block: int) -> int:
-    return 16 if block >= 8192 else 8 if block >= 2048 else 4
-
-
 @torch.library.custom_op("vllm_maxact::rms_norm_rec", mutates_args=("ext_a", "cnt_a", "ext_b", "cnt_b"))
 def rms_norm_rec(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None, eps: float,
@@ -235,8 +241,8 @@ def rms_norm_rec(
             n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
             max(pos_x, 0), max(pos_s, 0),
             ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
-            HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BH=block,
-            RTNE=_rtne(x), num_warps=_norm_warps(block),
+            HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o,
+            RB=min(block, NORM_BLOCK), RTNE=_rtne(x), num_warps=NORM_WARPS,
         )
     shape = x.shape
     if not has_res:

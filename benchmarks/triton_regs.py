@@ -1,0 +1,86 @@
+"""Registers per thread of the in-kernel recording ops, compiled for a GPU on any machine.
+
+Triton compiles for a target without a GPU present; `cuobjdump -res-usage` (shipped with
+Triton's NVIDIA backend) reads the registers, stack (spills) and shared memory from the cubin.
+Compares vllm_maxact/ops_norm.py with a variant's copy, at Llama-3-8B widths:
+
+    python benchmarks/triton_regs.py [--variant benchmarks/variants/norm_scalar/ops_norm.py] [--arch 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+NORM_SIG = {"x_ptr": "*bf16", "r_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "rout_ptr": "*bf16", "T": "i32",
+            "H": "i32", "sx": "i32", "sr": "i32", "so": "i32", "sro": "i32", "eps": "fp32", "nv_ptr": "*i64",
+            "ea_ptr": "*fp32", "ca_ptr": "*i64", "pos_x": "i32", "pos_s": "i32", "eb_ptr": "*fp32", "cb_ptr": "*i64",
+            "pos_o": "i32"}
+ACT_SIG = {"x_ptr": "*bf16", "out_ptr": "*bf16", "T": "i32", "D": "i32", "sx": "i32", "so": "i32", "nv_ptr": "*i64",
+           "e_ptr": "*fp32", "c_ptr": "*i64", "pos": "i32"}
+
+
+def load(path: Path, name: str):
+    src = path.read_text().replace("vllm_maxact::", f"{name}::")
+    tmp = Path(tempfile.mkdtemp()) / f"{name}.py"
+    tmp.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, tmp)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def usage(kernel, sig: dict, const: dict, warps: int, target: GPUTarget) -> str:
+    k = triton.compile(ASTSource(fn=kernel, signature={**sig, **{c: "constexpr" for c in const}}, constexprs=const),
+                       target=target, options={"num_warps": warps})
+    cubin = Path(tempfile.mkdtemp()) / "k.cubin"
+    cubin.write_bytes(k.asm["cubin"])
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    out = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", out)
+    return m.group(0) if m else out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", type=Path, default=ROOT / "benchmarks/variants/norm_scalar/ops_norm.py")
+    ap.add_argument("--arch", type=int, default=90)
+    args = ap.parse_args()
+    target = GPUTarget("cuda", args.arch, 32)
+    print(f"triton {triton.__version__}, sm_{args.arch}")
+    for tag, path in (("tree", ROOT / "vllm_maxact/ops_norm.py"), ("variant", args.variant)):
+        mod = load(path, f"regs_{tag}")
+        src = path.read_text()
+        for rec_o in (False, True):
+            const = {"HAS_RES": True, "HAS_W": True, "REC_X": True, "REC_S": True, "REC_O": rec_o, "RTNE": False}
+            if "RB: tl.constexpr" in src:
+                const["RB"], warps = mod.NORM_BLOCK, mod.NORM_WARPS
+            else:
+                const["BH"], warps = 4096, mod._norm_warps(4096)
+            name = "final norm (x, sum, output)" if rec_o else "norm (x, sum)"
+            print(f"{tag:8s} {name:28s} {warps} warps  {usage(mod._norm_kernel, NORM_SIG, const, warps, target)}")
+        const = {"REC": True, "RTNE": False, "BC": mod.ACT_BLOCK_C}
+        warps = 4
+        if "BT: tl.constexpr" in src:
+            const["BT"] = mod.ACT_BLOCK_T
+        else:
+            warps = 8
+        print(f"{tag:8s} {'SiLU-and-mul (gate)':28s} {warps} warps  {usage(mod._silu_mul_kernel, ACT_SIG, const, warps, target)}")
+
+
+if __name__ == "__main__":
+    main()
