@@ -101,3 +101,18 @@ def test_adapter_site_selection_by_kind_and_layer(monkeypatch):
     monkeypatch.setenv("VLLM_MAXACT_LAYERS", "1-2")
     rec = instrument(FakeForCausalLM(), load_config(), torch.device("cpu"), adapter=FakeAdapter())
     assert [s.name for s in rec.sites] == ["layers.1.residual", "layers.2.residual", "final_norm"]
+
+
+def test_fuse_sites_off_the_triton_path_says_why_and_fuses_nothing(caplog):
+    """VLLM_MAXACT_FUSE_SITES=1 on a path that cannot honour it: every site stays on hooks (no
+    module's forward replaced) and the log names the reason."""
+    from vllm_maxact.plugins.llama import LlamaAdapter
+
+    from vllm_maxact.fusion import fuse_sites
+    from vllm_maxact.recorder import Recorder
+
+    rec = Recorder([Site(Kind.RESIDUAL, 0)], device=torch.device("cpu"), hot_path="cpu_op")
+    model = nn.Module()
+    with caplog.at_level(logging.WARNING, logger="vllm_maxact"):
+        assert fuse_sites(rec, LlamaAdapter(), model, []) == set()
+    assert "ignored: the hot path is cpu_op" in caplog.text
