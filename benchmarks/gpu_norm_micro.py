@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the ops import vllm_maxact.ops_triton's shared fold
 H, INTER, EPS = 4096, 14336, 1e-5
 LAYERS = 32
 
@@ -58,12 +59,10 @@ def load_ops(tag: str) -> types.ModuleType:
 
 
 def load_record_triton():
-    """vllm_maxact/ops_triton.py's op (the unfused triton hot path), loaded from the tree."""
-    spec = importlib.util.spec_from_file_location("ops_triton_tree", ROOT / "vllm_maxact" / "ops_triton.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod.record_triton
+    """vllm_maxact/ops_triton.py's op (the unfused triton hot path), from the tree."""
+    from vllm_maxact import ops_triton
+
+    return ops_triton.record_triton
 
 
 def graph_us(fn, reps: int = 20) -> float:

@@ -25,6 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the ops import vllm_maxact.ops_triton's shared fold
 NORM_SIG = {"x_ptr": "*bf16", "r_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "rout_ptr": "*bf16", "T": "i32",
             "H": "i32", "sx": "i32", "sr": "i32", "so": "i32", "sro": "i32", "eps": "fp32", "nv_ptr": "*i64",
             "ea_ptr": "*fp32", "ca_ptr": "*i64", "pos_x": "i32", "pos_s": "i32", "eb_ptr": "*fp32", "cb_ptr": "*i64",

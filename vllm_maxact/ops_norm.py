@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vllm_maxact.ops_triton import _rows, fold_atomic
+
 #: programs per SM for the row-looping kernels: few enough that the per-program atomics stay
 #: cheap at 16k-token prefill steps, enough to keep the memory system busy
 PROGRAMS_PER_SM = 4
@@ -67,22 +69,9 @@ def _acc(v, m, hi, lo, bad):
 
 @triton.jit
 def _fold(ext_ptr, cnt_ptr, pos, hi, lo, bad):
-    """One program's accumulators into row ``pos`` of a group's extrema [k, 2] / counts [k, 2].
-    Relaxed atomics: the host reads after the stream has finished, so no ordering is needed, and
-    Triton's default (acquire-release) fences cost about 1.3 us per norm launch on an H200
-    (benchmarks/gpu_norm_micro.py)."""
-    h = tl.max(hi, axis=0)
-    lw = tl.min(lo, axis=0)
-    cn = tl.sum(bad & 0xFFFF, axis=0)
-    ci = tl.sum(bad >> 16, axis=0)
-    if h > float("-inf"):
-        tl.atomic_max(ext_ptr + 2 * pos, h, sem="relaxed")
-    if lw < float("inf"):
-        tl.atomic_min(ext_ptr + 2 * pos + 1, lw, sem="relaxed")
-    if cn > 0:
-        tl.atomic_add(cnt_ptr + 2 * pos, cn.to(tl.int64), sem="relaxed")
-    if ci > 0:
-        tl.atomic_add(cnt_ptr + 2 * pos + 1, ci.to(tl.int64), sem="relaxed")
+    """One program's accumulators into row ``pos`` of a group's extrema [k, 2] / counts [k, 2]."""
+    fold_atomic(ext_ptr, cnt_ptr, pos, tl.max(hi, axis=0), tl.min(lo, axis=0), tl.sum(bad & 0xFFFF, axis=0),
+                tl.sum(bad >> 16, axis=0))
 
 
 @triton.jit
@@ -164,11 +153,6 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                  _cast(a * u, out_ptr.dtype.element_ty, RTNE), mask=m)
     if REC:
         _fold(e_ptr, c_ptr, pos, tl.max(hi, axis=0), tl.min(lo, axis=0), tl.sum(bad, axis=0))
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
 def _rtne(x: torch.Tensor) -> bool:

@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vllm_maxact.ops_triton import _rows, fold_atomic
+
 #: programs per SM for the row-looping kernels: up to one row per program (as Inductor's norm
 #: kernel) for decode and small prefill steps; at most 8,448 programs on an H200, so a 16k-token
 #: step's per-program atomics (a few per program) stay cheap
@@ -85,20 +87,6 @@ def _parts(v, m):
 @triton.jit
 def _comb3(a0, a1, a2, b0, b1, b2):
     return tl.maximum(a0, b0), tl.minimum(a1, b1), a2 + b2
-
-
-@triton.jit
-def _fold(ext_ptr, cnt_ptr, pos, h, lw, cn, ci):
-    """One program's max, min, NaN and Inf counts into row ``pos`` of a group's extrema [k, 2] /
-    counts [k, 2] (relaxed atomics: the host reads after the stream has finished)."""
-    if h > float("-inf"):
-        tl.atomic_max(ext_ptr + 2 * pos, h, sem="relaxed")
-    if lw < float("inf"):
-        tl.atomic_min(ext_ptr + 2 * pos + 1, lw, sem="relaxed")
-    if cn > 0:
-        tl.atomic_add(cnt_ptr + 2 * pos, cn.to(tl.int64), sem="relaxed")
-    if ci > 0:
-        tl.atomic_add(cnt_ptr + 2 * pos + 1, ci.to(tl.int64), sem="relaxed")
 
 
 @triton.jit
@@ -166,13 +154,13 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
                 ho, lo, bo = tl.maximum(ho, a7), tl.minimum(lo, a8), bo + a9
     if REC_X:
         h, lw, b = tl.reduce((hx, lx, bx), 0, _comb3)
-        _fold(ea_ptr, ca_ptr, pos_x, h, lw, b & 0xFFFF, b >> 16)
+        fold_atomic(ea_ptr, ca_ptr, pos_x, h, lw, b & 0xFFFF, b >> 16)
     if REC_S:
         h, lw, b = tl.reduce((hs, ls, bs), 0, _comb3)
-        _fold(ea_ptr, ca_ptr, pos_s, h, lw, b & 0xFFFF, b >> 16)
+        fold_atomic(ea_ptr, ca_ptr, pos_s, h, lw, b & 0xFFFF, b >> 16)
     if REC_O:
         h, lw, b = tl.reduce((ho, lo, bo), 0, _comb3)
-        _fold(eb_ptr, cb_ptr, pos_o, h, lw, b & 0xFFFF, b >> 16)
+        fold_atomic(eb_ptr, cb_ptr, pos_o, h, lw, b & 0xFFFF, b >> 16)
 
 
 @triton.jit
@@ -202,12 +190,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
         a = _cast(g * tl.sigmoid(g), out_ptr.dtype.element_ty, RTNE).to(tl.float32)
         tl.store(out_ptr + row64 * so + cols, _cast(a * u, out_ptr.dtype.element_ty, RTNE), mask=cm)
     if REC:
-        _fold(e_ptr, c_ptr, pos, hi, lo, cn, ci)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+        fold_atomic(e_ptr, c_ptr, pos, hi, lo, cn, ci)
 
 
 def _rtne(x: torch.Tensor) -> bool:
