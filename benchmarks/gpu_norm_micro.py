@@ -1,8 +1,8 @@
 """Kernel-level timing of the in-kernel recording ops (vllm_maxact/ops_norm.py) against the
 kernels the plain model runs (vLLM's native fused add + RMSNorm and SiLU-and-mul, compiled by
 Inductor), at Llama-3-8B widths, as CUDA-graph replays of 32 calls (one per decoder layer).
-Also the same ops with acquire-release atomics (Triton's default) instead of relaxed ones, the
-kernels of benchmarks/variants/norm_scalar, and the unfused path's per-layer kernel.
+Also the kernels of benchmarks/variants/norm_scalar and norm_fast (the latter at a few launch
+settings), and the unfused path's per-layer kernel.
 Needs only torch and triton (no vLLM): python3 benchmarks/gpu_norm_micro.py [--out FILE]"""
 
 from __future__ import annotations
@@ -36,17 +36,19 @@ def native_silu_and_mul(x):
     return F.silu(x[..., :d]) * x[..., d:]
 
 
-#: kernel sets timed: tag -> (source file, memory order of its atomics)
+#: kernel sets timed: tag -> (source file, memory order of its atomics, module constants set)
 KERNELS = {
-    "relaxed": ("vllm_maxact/ops_norm.py", "relaxed"),
-    "acq_rel": ("vllm_maxact/ops_norm.py", "acq_rel"),
-    "scalar": ("benchmarks/variants/norm_scalar/ops_norm.py", "relaxed"),
+    "relaxed": ("vllm_maxact/ops_norm.py", "relaxed", {}),
+    "scalar": ("benchmarks/variants/norm_scalar/ops_norm.py", "relaxed", {}),
+    "fast": ("benchmarks/variants/norm_fast/ops_norm.py", "relaxed", {}),
+    "fast_w8": ("benchmarks/variants/norm_fast/ops_norm.py", "relaxed", {"NORM_WARPS": 8, "ACT_BLOCK_T": 2}),
+    "fast_p32": ("benchmarks/variants/norm_fast/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 32}),
 }
 
 
 def load_ops(tag: str) -> types.ModuleType:
     """An ops_norm.py (`KERNELS`), with its atomics' memory order, under the op namespace maxact_<tag>."""
-    file, sem = KERNELS[tag]
+    file, sem, consts = KERNELS[tag]
     src = (ROOT / file).read_text()
     src = src.replace('sem="relaxed"', f'sem="{sem}"').replace("vllm_maxact::", f"maxact_{tag}::")
     path = Path(f"/tmp/ops_norm_{tag}.py")
@@ -55,6 +57,8 @@ def load_ops(tag: str) -> types.ModuleType:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
+    for k, v in consts.items():
+        setattr(mod, k, v)
     return mod
 
 
@@ -111,15 +115,42 @@ def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
     if record_triton is not None:  # the unfused path: one extra kernel per layer reading 4 sites
         sites = [x, r, x, gu[:, :INTER]]
         row["record_triton_4sites_us"] = graph_us(lambda: record_triton(ext2, cnt2, nv, [0, 1, 2, 3], sites))
-    # what the recorded ops compute equals the native ones
-    o1, r1 = torch.ops.maxact_relaxed.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, None, None, -1)
+    # what each kernel set computes equals the native ops, and what it records equals the truth
     o0, r0 = native_add_rms_norm(x, r, w)
-    row["norm_max_rel_dev"] = float(((o1.float() - o0.float()).abs() / o0.float().abs().clamp_min(1e-2)).max())
-    row["sum_equal"] = bool(torch.equal(r1, r0))
-    row["silu_max_rel_dev"] = float(((torch.ops.maxact_relaxed.silu_and_mul_rec(gu, nv, ext, cnt, 2).float()
-                                       - native_silu_and_mul(gu).float()).abs()
-                                      / native_silu_and_mul(gu).float().abs().clamp_min(1e-2)).max())
-    row["recorded_sum_max_ok"] = float(ext[1, 0]) == float(r0.float().max())
+    s0 = native_silu_and_mul(gu).float()
+    for sem in ops:
+        op = getattr(torch.ops, f"maxact_{sem}")
+        ea = torch.full((4, 2), float("inf"), device=dev)
+        ea[:, 0] = float("-inf")
+        ca = torch.zeros(4, 2, dtype=torch.int64, device=dev)
+        eb, cb = ea.clone(), ca.clone()
+        o1, r1 = op.rms_norm_rec(x, r, w, EPS, nv, ea, ca, 0, 1, eb, cb, 0)
+        y1 = op.silu_and_mul_rec(gu, nv, ea, ca, 2).float()
+        row[f"check_{sem}"] = {
+            "norm_max_rel_dev": float(((o1.float() - o0.float()).abs() / o0.float().abs().clamp_min(1e-2)).max()),
+            "sum_equal": bool(torch.equal(r1, r0)),
+            "silu_max_rel_dev": float(((y1 - s0).abs() / s0.abs().clamp_min(1e-2)).max()),
+            "recorded_exact": [float(ea[0, 0]), float(ea[0, 1]), float(ea[1, 0]), float(ea[1, 1]),
+                               float(ea[2, 0]), float(ea[2, 1]), float(eb[0, 0]), float(eb[0, 1])]
+                              == [float(x.float().max()), float(x.float().min()), float(r0.float().max()),
+                                  float(r0.float().min()), float(gu[:, :INTER].float().max()),
+                                  float(gu[:, :INTER].float().min()), float(o1.float().max()), float(o1.float().min())]
+                              and int(ca.sum()) == 0 and int(cb.sum()) == 0,
+        }
+        # a NaN and an Inf: counted, and the extrema stay those of the finite values
+        xb, gb = x.clone(), gu.clone()
+        xb[T // 2, 5], xb[T - 1, 7], gb[T // 2, 3] = float("nan"), float("-inf"), float("nan")
+        ea.fill_(float("inf"))
+        ea[:, 0] = float("-inf")
+        ca.zero_()
+        op.rms_norm_rec(xb, r, w, EPS, nv, ea, ca, 0, -1, None, None, -1)
+        op.silu_and_mul_rec(gb, nv, ea, ca, 2)
+        fx, fg = xb.float(), gb[:, :INTER].float()
+        fx, fg = fx[torch.isfinite(fx)], fg[torch.isfinite(fg)]
+        row[f"check_{sem}"]["non_finite_exact"] = (
+            [float(ea[0, 0]), float(ea[0, 1]), int(ca[0, 0]), int(ca[0, 1]), float(ea[2, 0]), float(ea[2, 1]),
+             int(ca[2, 0]), int(ca[2, 1])]
+            == [float(fx.max()), float(fx.min()), 1, 1, float(fg.max()), float(fg.min()), 1, 0])
     return row
 
 

@@ -1,0 +1,308 @@
+"""VARIANT (benchmarks/variants/norm_fast): the tree's vllm_maxact/ops_norm.py with kernels
+that keep recording off the critical path: the statistics of a norm row ride in the norm's own
+sum-of-squares reduction (one multi-operand reduction, no extra barrier) into scalars; SiLU-and-mul
+keeps two elementwise accumulators reduced once; NaN / Inf are not counted on the fast path
+(they map to infinities), and a program that saw one re-reads its rows to fold exact counts.
+Up to 8 programs per SM (one row each at decode sizes); 16 warps at 4,096 columns.
+Registers on sm_90 (Triton 3.9, benchmarks/triton_regs.py): norm 75, final norm 84, SiLU-and-mul 62.
+
+GPU hot path, fused form: record sites inside the kernels that already read them.
+
+In vLLM's Llama layout every default site is an input or output of a kernel the model runs
+anyway: the attention output and the MLP output are the ``x`` of the next fused add + RMSNorm,
+the residual stream is that kernel's sum, the embedding is the first norm's input, the final
+norm's output is its own, and the gate is the first half of SiLU-and-mul's input. These two
+Triton kernels do the model's work (same arithmetic as vLLM's native implementations, fresh
+outputs) and fold the max, min and NaN / Inf counts of those tensors into the recorder's
+buffers on the way: no extra launch and no extra read per site.
+
+Both are opaque `torch.library` ops (Inductor keeps them as one call each), read ``n_valid``
+on the device (rows at or past it, CUDA-graph padding, are computed but never counted) and use
+launch grids that depend only on shapes, so CUDA graphs capture and replay them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from vllm_maxact.ops_triton import _rows, fold_atomic
+
+#: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
+PROGRAMS_PER_SM = 8
+ACT_BLOCK_C = 1024  # columns per SiLU-and-mul program
+ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 110 registers instead of 62 on sm_90)
+#: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
+NORM_WARPS = None
+
+
+@functools.cache
+def _programs(device_index: int) -> int:
+    if torch.cuda.is_available() and device_index >= 0:
+        return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 8  # Triton's interpreter (CPU tensors, tests)
+
+
+def _max_programs(x: torch.Tensor) -> int:
+    return _programs(x.device.index if x.device.type == "cuda" and x.device.index is not None
+                     else (torch.cuda.current_device() if x.device.type == "cuda" else -1))
+
+
+@triton.jit
+def _cast(v, dtype: tl.constexpr, RTNE: tl.constexpr):
+    """``v.to(dtype)``; with ``RTNE``, round to nearest even into bfloat16 by hand first (Triton's
+    interpreter truncates float32 -> bfloat16, GPUs round; only the CPU tests set it)."""
+    if RTNE:
+        b = v.to(tl.int32, bitcast=True)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+        v = b.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _hi(v, m):
+    """Candidates for a max where ``m``: a NaN counts as +inf, so any non-finite value makes the
+    max or the min infinite and sends the program to the exact path (`_finish`)."""
+    return tl.where(m, tl.where(v != v, float("inf"), v), float("-inf"))
+
+
+@triton.jit
+def _lo(v, m):
+    return tl.where(m, tl.where(v != v, float("-inf"), v), float("inf"))
+
+
+@triton.jit
+def _c3(s0, h0, l0, s1, h1, l1):
+    return s0 + s1, tl.maximum(h0, h1), tl.minimum(l0, l1)
+
+
+@triton.jit
+def _c5(s0, a0, b0, c0, d0, s1, a1, b1, c1, d1):
+    return s0 + s1, tl.maximum(a0, a1), tl.minimum(b0, b1), tl.maximum(c0, c1), tl.minimum(d0, d1)
+
+
+@triton.jit
+def _c2(h0, l0, h1, l1):
+    return tl.maximum(h0, h1), tl.minimum(l0, l1)
+
+
+@triton.jit
+def _finish(v_ptr, stride, T, n, pid, step, cols, cm, h, lw, e_ptr, c_ptr, pos):
+    """Fold a program's max ``h`` / min ``lw`` (non-finite values mapped to infinities) at ``pos``.
+    Finite (the normal case): two atomics. Otherwise re-read the program's valid rows of the
+    tensor (as stored) and fold the exact finite max, min and NaN / Inf counts."""
+    if (h < float("inf")) & (lw > float("-inf")):
+        fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0)
+    else:
+        tl.debug_barrier()  # the program's own stores of this tensor, visible to all its threads
+        hx = tl.full(cols.shape, float("-inf"), tl.float32)
+        lx = tl.full(cols.shape, float("inf"), tl.float32)
+        bx = tl.zeros(cols.shape, tl.int32)
+        for row in range(pid, tl.minimum(n, T), step):
+            v = tl.load(v_ptr + tl.cast(row, tl.int64) * stride + cols, mask=cm, other=0.0).to(tl.float32)
+            is_nan = v != v
+            is_inf = tl.abs(v) == float("inf")
+            fin = cm & ~is_nan & ~is_inf
+            hx = tl.maximum(hx, tl.where(fin, v, float("-inf")))
+            lx = tl.minimum(lx, tl.where(fin, v, float("inf")))
+            bx += (cm & is_nan).to(tl.int32) + ((cm & is_inf).to(tl.int32) << 16)
+        fold_atomic(e_ptr, c_ptr, pos, tl.max(hx, axis=0), tl.min(lx, axis=0), tl.sum(bx & 0xFFFF, axis=0),
+                    tl.sum(bx >> 16, axis=0))
+
+
+@triton.jit
+def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
+                 ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
+                 HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
+                 REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr):
+    """Rows ``pid, pid + P, ...``, each whole in registers (as Inductor's persistent norm). The
+    statistics of a row ride in the norm's own sum-of-squares reduction (one multi-operand
+    reduction: no extra barrier) and fold into scalars; the output's, where recorded, in one
+    more. One fold per recorded tensor per program."""
+    pid = tl.program_id(0)
+    step = tl.num_programs(0)
+    n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    cols = tl.arange(0, BH)
+    cm = cols < H
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=cm, other=0.0)
+    hx = tl.full([], float("-inf"), tl.float32)
+    lx = tl.full([], float("inf"), tl.float32)
+    hs = tl.full([], float("-inf"), tl.float32)
+    ls = tl.full([], float("inf"), tl.float32)
+    ho = tl.full([], float("-inf"), tl.float32)
+    lo = tl.full([], float("inf"), tl.float32)
+    for row in range(pid, T, step):
+        vm = cm & (row < n)
+        row64 = tl.cast(row, tl.int64)
+        x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
+        if HAS_RES:
+            s = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
+            s_out = _cast(s, rout_ptr.dtype.element_ty, RTNE)
+            tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
+            sf = s_out.to(tl.float32)
+        else:
+            s = x
+            sf = x
+        if REC_X and REC_S:
+            ss, a, b, c, d = tl.reduce((s * s, _hi(x, vm), _lo(x, vm), _hi(sf, vm), _lo(sf, vm)), 0, _c5)
+            hx, lx, hs, ls = tl.maximum(hx, a), tl.minimum(lx, b), tl.maximum(hs, c), tl.minimum(ls, d)
+        elif REC_X:
+            ss, a, b = tl.reduce((s * s, _hi(x, vm), _lo(x, vm)), 0, _c3)
+            hx, lx = tl.maximum(hx, a), tl.minimum(lx, b)
+        elif REC_S:
+            ss, c, d = tl.reduce((s * s, _hi(sf, vm), _lo(sf, vm)), 0, _c3)
+            hs, ls = tl.maximum(hs, c), tl.minimum(ls, d)
+        else:
+            ss = tl.sum(s * s, axis=0)
+        y = s * tl.rsqrt(ss / H + eps)
+        if HAS_W:
+            # vLLM's native order: round to the weight's dtype, then scale
+            y = _cast(y, w_ptr.dtype.element_ty, RTNE and w_ptr.dtype.element_ty == tl.bfloat16).to(tl.float32) \
+                * w.to(tl.float32)
+        y_out = _cast(y, out_ptr.dtype.element_ty, RTNE)
+        tl.store(out_ptr + row64 * so + cols, y_out, mask=cm)
+        if REC_O:
+            yf = y_out.to(tl.float32)
+            e, f = tl.reduce((_hi(yf, vm), _lo(yf, vm)), 0, _c2)
+            ho, lo = tl.maximum(ho, e), tl.minimum(lo, f)
+    if REC_X:
+        _finish(x_ptr, sx, T, n, pid, step, cols, cm, hx, lx, ea_ptr, ca_ptr, pos_x)
+    if REC_S:
+        _finish(rout_ptr, sro, T, n, pid, step, cols, cm, hs, ls, ea_ptr, ca_ptr, pos_s)
+    if REC_O:
+        _finish(out_ptr, so, T, n, pid, step, cols, cm, ho, lo, eb_ptr, cb_ptr, pos_o)
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
+                     REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr):
+    """Program (c, r): column block c of row tiles ``r, r + R, ...``. The gate's running max / min
+    stay elementwise ([BT, BC], non-finite values mapped to infinities) and are reduced once."""
+    pid_c = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    step = tl.num_programs(1) * BT
+    n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    cols = pid_c * BC + tl.arange(0, BC)
+    cm = cols < D
+    hi = tl.full([BT, BC], float("-inf"), tl.float32)
+    lo = tl.full([BT, BC], float("inf"), tl.float32)
+    for r0 in range(pid_r * BT, T, step):
+        rows = r0 + tl.arange(0, BT)
+        m = (rows < T)[:, None] & cm[None, :]
+        base = rows[:, None].to(tl.int64) * sx + cols[None, :]
+        g = tl.load(x_ptr + base, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + base + D, mask=m, other=0.0).to(tl.float32)
+        if REC:
+            vm = m & (rows < n)[:, None]
+            hi = tl.maximum(hi, _hi(g, vm))
+            lo = tl.minimum(lo, _lo(g, vm))
+        # vLLM's native F.silu(gate) * up, the SiLU rounded to the activation dtype first
+        a = _cast(g * tl.sigmoid(g), out_ptr.dtype.element_ty, RTNE).to(tl.float32)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * so + cols[None, :],
+                 _cast(a * u, out_ptr.dtype.element_ty, RTNE), mask=m)
+    if REC:
+        h, lw = tl.reduce((tl.reshape(hi, [BT * BC]), tl.reshape(lo, [BT * BC])), 0, _c2)
+        if (h < float("inf")) & (lw > float("-inf")):
+            fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0)
+        else:  # re-read the program's gate tiles and fold the exact statistics
+            hx = tl.full([BT, BC], float("-inf"), tl.float32)
+            lx = tl.full([BT, BC], float("inf"), tl.float32)
+            bx = tl.zeros([BT, BC], tl.int32)
+            for r0 in range(pid_r * BT, T, step):
+                rows = r0 + tl.arange(0, BT)
+                vm = (rows < n)[:, None] & cm[None, :]
+                v = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx + cols[None, :], mask=vm, other=0.0)
+                v = v.to(tl.float32)
+                is_nan = v != v
+                is_inf = tl.abs(v) == float("inf")
+                fin = vm & ~is_nan & ~is_inf
+                hx = tl.maximum(hx, tl.where(fin, v, float("-inf")))
+                lx = tl.minimum(lx, tl.where(fin, v, float("inf")))
+                bx += (vm & is_nan).to(tl.int32) + ((vm & is_inf).to(tl.int32) << 16)
+            hx = tl.max(hx, axis=0)
+            lx = tl.min(lx, axis=0)
+            bx = tl.sum(bx, axis=0)
+            fold_atomic(e_ptr, c_ptr, pos, tl.max(hx, axis=0), tl.min(lx, axis=0), tl.sum(bx & 0xFFFF, axis=0),
+                        tl.sum(bx >> 16, axis=0))
+
+
+def _rtne(x: torch.Tensor) -> bool:
+    return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _norm_warps(block: int) -> int:
+    # 16 at 4,096 columns: 8 values per thread per row vector, 75-84 registers on sm_90 (8 warps: 150)
+    return 16 if block >= 4096 else 8 if block >= 2048 else 4
+
+
+@torch.library.custom_op("vllm_maxact::rms_norm_rec", mutates_args=("ext_a", "cnt_a", "ext_b", "cnt_b"))
+def rms_norm_rec(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None, eps: float,
+    n_valid: torch.Tensor, ext_a: torch.Tensor | None, cnt_a: torch.Tensor | None, pos_x: int, pos_s: int,
+    ext_b: torch.Tensor | None, cnt_b: torch.Tensor | None, pos_o: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's (fused add +) RMSNorm, recording on the way: ``x`` at ``pos_x`` and the sum
+    ``x + residual`` at ``pos_s`` of group A (``ext_a`` / ``cnt_a``), the output at ``pos_o`` of
+    group B; a position of -1 records nothing. Returns (output, new residual); without a
+    residual the second is an empty tensor."""
+    x2 = _rows(x)
+    T, H = x2.shape
+    out = torch.empty((T, H), dtype=x.dtype, device=x.device)
+    has_res = residual is not None
+    r2 = _rows(residual) if has_res else x2
+    rout = torch.empty((T, H), dtype=x.dtype, device=x.device) if has_res else out
+    rec_x, rec_s, rec_o = pos_x >= 0, has_res and pos_s >= 0, pos_o >= 0
+    if (rec_x or rec_s) and ext_a is None or rec_o and ext_b is None:
+        raise ValueError("rms_norm_rec: a recorded position needs its group's buffers")
+    dummy = n_valid
+    if T:
+        block = triton.next_power_of_2(H)
+        _norm_kernel[(min(T, _max_programs(x)),)](
+            x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
+            n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
+            max(pos_x, 0), max(pos_s, 0),
+            ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
+            HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BH=block,
+            RTNE=_rtne(x), num_warps=NORM_WARPS or _norm_warps(block),
+        )
+    shape = x.shape
+    if not has_res:
+        return out.view(shape), x.new_empty(0)
+    return out.view(shape), rout.view(shape)
+
+
+@rms_norm_rec.register_fake
+def _(x, residual, weight, eps, n_valid, ext_a, cnt_a, pos_x, pos_s, ext_b, cnt_b, pos_o):
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if residual is None:
+        return out, x.new_empty(0)
+    return out, torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("vllm_maxact::silu_and_mul_rec", mutates_args=("ext", "cnt"))
+def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, cnt: torch.Tensor,
+                     pos: int) -> torch.Tensor:
+    """vLLM's SiLU-and-mul (``silu(x[..., :d]) * x[..., d:]``), recording the gate half at
+    ``pos`` of a group's buffers (-1: nothing)."""
+    x2 = _rows(x)
+    T, D2 = x2.shape
+    D = D2 // 2
+    out = torch.empty((T, D), dtype=x.dtype, device=x.device)
+    if T:
+        cb = triton.cdiv(D, ACT_BLOCK_C)
+        rows = min(triton.cdiv(T, ACT_BLOCK_T), max(1, _max_programs(x) // cb))
+        _silu_mul_kernel[(cb, rows)](
+            x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
+            REC=pos >= 0, BT=ACT_BLOCK_T, BC=ACT_BLOCK_C, RTNE=_rtne(x), num_warps=4,
+        )
+    return out.view(*x.shape[:-1], D)
+
+
+@silu_and_mul_rec.register_fake
+def _(x, n_valid, ext, cnt, pos):
+    return torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
