@@ -59,6 +59,8 @@ from maxact_bench_worker import (  # noqa: E402  (pickled by reference, see that
     HOT_TOKEN,
     has_recorder,
     install_truth,
+    profile_start,
+    profile_stop,
     randomize_weights,
     read_truth,
     reset_truth,
@@ -266,6 +268,34 @@ class Bench:
                 )
             self.save()
 
+    # -- where the time goes
+    def profile(self, engines: dict) -> None:
+        """For each workload in --profile: one untimed run, then one run under torch's profiler in
+        each engine's worker (alternating), reporting wall time, GPU kernel time, the time the
+        GPU was busy and the kernels by total time. Profiled runs are slower than timed ones;
+        the differences between engines are what matter."""
+        import numpy as np
+
+        workloads = {w[0]: w for w in (QUICK_WORKLOADS if self.args.quick else WORKLOADS)}
+        for name in self.args.profile.split(","):
+            if name not in workloads:
+                raise SystemExit(f"--profile: unknown workload {name!r}; known: {', '.join(workloads)}")
+            _, batch, plen, olen, _ = workloads[name]
+            olen = min(olen, self.args.profile_steps)
+            prompts = make_prompts(np.random.default_rng(77), batch, plen)
+            entry = self.results.setdefault("profile", {})[name] = {"output_len": olen}
+            for label, llm in engines.items():
+                self.run_once(llm, prompts, olen)
+            for label, llm in engines.items():
+                llm.apply_model(profile_start)
+                r = self.run_once(llm, prompts, olen)
+                summary = llm.apply_model(profile_stop)[0]
+                entry[label] = {"wall_us": r["seconds"] * 1e6, **summary}
+                log(f"profile {name} {label}: wall {r['seconds'] * 1e3:.1f} ms, kernels {summary['kernels']}, "
+                    f"kernel {summary['kernel_us'] / 1e3:.1f} ms, busy {summary['busy_us'] / 1e3:.1f} ms, "
+                    f"span {summary['span_us'] / 1e3:.1f} ms")
+            self.save()
+
     # -- correctness
     def correctness(self, graph_llm, eager_llm) -> None:
         import numpy as np
@@ -448,6 +478,8 @@ def main() -> None:
     ap.add_argument("--workloads", default="", help="comma-separated subset of workload names")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--profile", default="", help="comma-separated workloads to profile after the timing")
+    ap.add_argument("--profile-steps", type=int, default=64, help="output tokens per profiled run")
     ap.add_argument(
         "--fallback-path",
         type=Path,
@@ -526,6 +558,8 @@ def main() -> None:
             for llm in (plain, maxact):  # realistic values for the timed runs too (same seed)
                 llm.apply_model(randomize_weights)
             bench.timing({"plain": plain, "maxact": maxact})
+            if args.profile:
+                bench.profile({"plain": plain, "maxact": maxact})
             # Last, since a failed worker RPC may leave an engine unusable: the public API must
             # refuse to read statistics from the plain engine.
             checks["plain_records"] = bench.recording(plain)

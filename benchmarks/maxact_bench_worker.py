@@ -130,3 +130,58 @@ def has_recorder(model) -> bool:
 
     adapter = find_adapter(model)
     return adapter is not None and hasattr(adapter.decoder(model), "maxact_recorder")
+
+
+_PROFILER = {}
+
+
+def profile_start(model) -> bool:
+    """Start torch's profiler (CPU + CUDA activity, kernels inside CUDA-graph replays included)
+    in this worker; `profile_stop` ends it and summarises."""
+    import torch
+
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    prof = torch.profiler.profile(activities=acts)
+    prof.start()
+    _PROFILER["p"] = prof
+    return True
+
+
+def profile_stop(model) -> dict:
+    """GPU kernel time (sum and union of intervals), the span from first kernel start to last
+    kernel end, kernel count, the kernels by total time (top 40), and the CUDA runtime / driver
+    calls by count (kernel launches, CUDA-graph replays), all in microseconds."""
+    import torch
+
+    prof = _PROFILER.pop("p")
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    prof.stop()
+    spans, by_name, api = [], {}, {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            if e.name.startswith(("cuda", "cu")):  # runtime / driver calls: launches, graph replays
+                t, c = api.get(e.name, (0.0, 0))
+                api[e.name] = (t + e.time_range.elapsed_us(), c + 1)
+            continue
+        a, b = e.time_range.start, e.time_range.end
+        spans.append((a, b))
+        t, c = by_name.get(e.name, (0.0, 0))
+        by_name[e.name] = (t + (b - a), c + 1)
+    spans.sort()
+    busy, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:40]
+    return {
+        "kernels": len(spans),
+        "kernel_us": sum(b - a for a, b in spans),
+        "busy_us": busy,
+        "span_us": (spans[-1][1] - spans[0][0]) if spans else 0.0,
+        "top": [{"name": n[:160], "us": t, "count": c} for n, (t, c) in top],
+        "api": [{"name": n, "us": t, "count": c} for n, (t, c) in sorted(api.items(), key=lambda kv: -kv[1][1])[:15]],
+    }
