@@ -1,8 +1,8 @@
 """Kernel-level timing of the in-kernel recording ops (vllm_maxact/ops_norm.py) against the
 kernels the plain model runs (vLLM's native fused add + RMSNorm and SiLU-and-mul, compiled by
 Inductor), at Llama-3-8B widths, as CUDA-graph replays of 32 calls (one per decoder layer).
-Also the kernels of benchmarks/variants/norm_scalar and norm_fast (the latter at a few launch
-settings), and the unfused path's per-layer kernel.
+Also the same kernels at other launch settings (`KERNELS`), and the unfused path's per-layer
+kernel.
 Needs only torch and triton (no vLLM): python3 benchmarks/gpu_norm_micro.py [--out FILE]"""
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def native_silu_and_mul(x):
     return F.silu(x[..., :d]) * x[..., d:]
 
 
-#: kernel sets timed: tag -> (source file, memory order of its atomics, module constants set)
+#: kernel sets timed: tag -> (source file, memory order of its atomics, module constants set);
+#: a variant's copy of ops_norm.py (benchmarks/variants/*/ops_norm.py) can be added here
 KERNELS = {
-    "relaxed": ("vllm_maxact/ops_norm.py", "relaxed", {}),
-    "scalar": ("benchmarks/variants/norm_scalar/ops_norm.py", "relaxed", {}),
-    "fast": ("benchmarks/variants/norm_fast/ops_norm.py", "relaxed", {}),
-    "fast_w8": ("benchmarks/variants/norm_fast/ops_norm.py", "relaxed", {"NORM_WARPS": 8, "ACT_BLOCK_T": 2}),
-    "fast_p32": ("benchmarks/variants/norm_fast/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 32}),
+    "tree": ("vllm_maxact/ops_norm.py", "relaxed", {}),
+    "w16": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_WARPS": 16}),
+    "bt2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_T": 2}),
+    "p32": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 32}),
 }
 
 

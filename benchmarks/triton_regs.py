@@ -4,7 +4,7 @@ Triton compiles for a target without a GPU present; `cuobjdump -res-usage` (ship
 Triton's NVIDIA backend) reads the registers, stack (spills) and shared memory from the cubin.
 Compares vllm_maxact/ops_norm.py with a variant's copy, at Llama-3-8B widths:
 
-    python benchmarks/triton_regs.py [--variant benchmarks/variants/norm_scalar/ops_norm.py] [--arch 90]
+    python benchmarks/triton_regs.py [--variant benchmarks/variants/NAME/ops_norm.py] [--arch 90]
 """
 
 from __future__ import annotations
@@ -58,23 +58,25 @@ def usage(kernel, sig: dict, const: dict, warps: int, target: GPUTarget) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", type=Path, default=ROOT / "benchmarks/variants/norm_scalar/ops_norm.py")
+    ap.add_argument("--variant", type=Path, default=None, help="a variant's copy of ops_norm.py to compare")
     ap.add_argument("--arch", type=int, default=90)
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     print(f"triton {triton.__version__}, sm_{args.arch}")
-    for tag, path in (("tree", ROOT / "vllm_maxact/ops_norm.py"), ("variant", args.variant)):
+    files = [("tree", ROOT / "vllm_maxact/ops_norm.py")] + ([("variant", args.variant)] if args.variant else [])
+    for tag, path in files:
         mod = load(path, f"regs_{tag}")
         src = path.read_text()
         for rec_o in (False, True):
-            const = {"HAS_RES": True, "HAS_W": True, "REC_X": True, "REC_S": True, "REC_O": rec_o, "RTNE": False}
+            const = {"HAS_RES": True, "HAS_W": True, "REC_X": True, "REC_S": True, "REC_O": rec_o, "RTNE": False,
+                     "MULTI": True}
             if "RB: tl.constexpr" in src:
                 const["RB"], warps = mod.NORM_BLOCK, mod.NORM_WARPS
             else:
                 const["BH"], warps = 4096, mod._norm_warps(4096)
             name = "final norm (x, sum, output)" if rec_o else "norm (x, sum)"
             print(f"{tag:8s} {name:28s} {warps} warps  {usage(mod._norm_kernel, NORM_SIG, const, warps, target)}")
-        const = {"REC": True, "RTNE": False, "BC": mod.ACT_BLOCK_C}
+        const = {"REC": True, "RTNE": False, "BC": mod.ACT_BLOCK_C, "MULTI": True}
         warps = 4
         if "BT: tl.constexpr" in src:
             const["BT"] = mod.ACT_BLOCK_T

@@ -37,7 +37,7 @@ def token_lists(seed: int = 0) -> list[list[int]]:
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused", "llama-triton"])
 def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
     """``llama-fused``: the Inductor-visible hot path (per-layer deferred fold), forced on the
-    CPU build. ``llama-triton``: the GPU path with VLLM_MAXACT_FUSE_SITES=1, every site recorded
+    CPU build. ``llama-triton``: the GPU path (in-kernel recording, its default), every site recorded
     inside Triton versions of the model's norm and SiLU-and-mul kernels (`vllm_maxact.fusion`),
     run by Triton's interpreter in vLLM's engine process (spawned after TRITON_INTERPRET is set)."""
     rtol, engine_kwargs = RTOL, {}
@@ -46,7 +46,6 @@ def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
         monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", hot)
         if hot == "triton":
             monkeypatch.setenv("TRITON_INTERPRET", "1")
-            monkeypatch.setenv("VLLM_MAXACT_FUSE_SITES", "1")
             # The model's norms and activations are now our kernels (vLLM's eager rounding: the
             # norm rounds before its weight, where the compiled CPU norm does not), so the bf16
             # drift differs: measured, the last layer's MLP output turns a 2% gate difference into

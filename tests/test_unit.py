@@ -104,7 +104,7 @@ def test_adapter_site_selection_by_kind_and_layer(monkeypatch):
 
 
 def test_fuse_sites_off_the_triton_path_says_why_and_fuses_nothing(caplog):
-    """VLLM_MAXACT_FUSE_SITES=1 on a path that cannot honour it: every site stays on hooks (no
+    """VLLM_MAXACT_FUSE_SITES=1 set on a path that cannot honour it: every site stays on hooks (no
     module's forward replaced) and the log names the reason."""
     from vllm_maxact.plugins.llama import LlamaAdapter
 
@@ -116,3 +116,8 @@ def test_fuse_sites_off_the_triton_path_says_why_and_fuses_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="vllm_maxact"):
         assert fuse_sites(rec, LlamaAdapter(), model, []) == set()
     assert "ignored: the hot path is cpu_op" in caplog.text
+    # on by default: where it cannot apply (every CPU engine) it says so only at debug level
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vllm_maxact"):
+        assert fuse_sites(rec, LlamaAdapter(), model, [], explicit=False) == set()
+    assert caplog.text == ""

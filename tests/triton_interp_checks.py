@@ -11,6 +11,19 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_ops_tr
 from vllm_maxact import ops_triton  # noqa: E402
 
 
+@pytest.fixture(params=["gpu_form", "interpreter_form"])
+def form(request, monkeypatch):
+    """The in-kernel ops in both forms: the GPU's (one multi-operand reduction per norm row,
+    SiLU-and-mul one row per step) and the one the interpreter runs by default (builtin
+    reductions, 8-row steps)."""
+    from vllm_maxact import ops_norm
+
+    gpu = request.param == "gpu_form"
+    monkeypatch.setattr(ops_norm, "MULTI_REDUCE", gpu)
+    monkeypatch.setattr(ops_norm, "ACT_BLOCK_T_INTERPRET", ops_norm.ACT_BLOCK_T if gpu else 8)
+    return request.param
+
+
 def _truth(x: torch.Tensor, n: int) -> tuple[float, float, int, int]:
     x2 = x.reshape(-1, x.shape[-1])[:n].double()
     fin = torch.isfinite(x2)
@@ -69,7 +82,7 @@ def _same_within_one_ulp(got: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tokens,valid", [(1, 1), (5, 3), (37, 37), (40, 0), (300, 299)])
-def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype):
+def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype, form):
     """The fused add + RMSNorm with recording: outputs equal vLLM's native implementation; x,
     the sum (as stored) and the output are folded at their positions of two groups, NaN / Inf
     counted, padding rows (a huge value in the last one) ignored, other positions untouched.
@@ -98,7 +111,7 @@ def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype):
         assert float(e[pos, 0]) == float("-inf") and float(e[pos, 1]) == float("inf") and int(c[pos].sum()) == 0
 
 
-def test_in_kernel_rms_norm_without_residual_or_weight():
+def test_in_kernel_rms_norm_without_residual_or_weight(form):
     """The first layer's input norm (no residual: records its input, the embedding) and a
     weightless norm; positions of -1 record nothing."""
     from vllm.ir.ops.layernorm import rms_norm
@@ -122,7 +135,7 @@ def test_in_kernel_rms_norm_without_residual_or_weight():
 
 
 @pytest.mark.parametrize("tokens,valid", [(1, 1), (6, 4), (300, 300), (9, 0)])
-def test_in_kernel_silu_and_mul_records_the_gate(tokens, valid):
+def test_in_kernel_silu_and_mul_records_the_gate(tokens, valid, form):
     """SiLU-and-mul with recording equals vLLM's native ``silu(gate) * up`` and folds the gate
     half (not the up half, which holds the larger values here) over the valid rows; a width that
     is not a multiple of the column block."""
@@ -142,3 +155,28 @@ def test_in_kernel_silu_and_mul_records_the_gate(tokens, valid):
     _same_within_one_ulp(y, SiluAndMul.forward_native(x))
     assert (float(e[2, 0]), float(e[2, 1]), int(c[2, 0]), int(c[2, 1])) == _truth(x[:, :D], valid)
     assert float(e[0, 0]) == float("-inf") and int(c[:2].sum()) == 0
+
+
+@pytest.mark.parametrize("tokens,valid", [(1, 1), (37, 30), (300, 255)])
+def test_in_kernel_finite_inputs_fold_without_the_exact_pass(tokens, valid, form):
+    """All values finite (the common case: the programs fold their max / min directly, no re-read):
+    the recorded extrema are exactly those of the valid rows, counts stay 0, and a huge value in a
+    padding row is ignored."""
+    from vllm_maxact import ops_norm  # noqa: F401
+
+    g = torch.Generator().manual_seed(tokens + 11)
+    H, D = 200, 1500
+    x = (torch.randn(tokens, H, generator=g) * 3).to(torch.bfloat16)
+    r = (torch.randn(tokens, H, generator=g) * 40).to(torch.bfloat16)
+    w = torch.randn(H, generator=g).to(torch.bfloat16)
+    gu = torch.randn(tokens, 2 * D, generator=g).to(torch.bfloat16)
+    if valid < tokens:
+        x[tokens - 1, 3] = 5e3
+        gu[tokens - 1, 1] = -1e4
+    ea, ca = _armed(4)
+    eb, cb = _armed(2)
+    out, res = torch.ops.vllm_maxact.rms_norm_rec(x, r, w, 1e-5, torch.tensor([valid]), ea, ca, 1, 3, eb, cb, 0)
+    torch.ops.vllm_maxact.silu_and_mul_rec(gu, torch.tensor([valid]), ea, ca, 2)
+    for (e, pos), t in (((ea, 1), x), ((ea, 3), res), ((eb, 0), out), ((ea, 2), gu[:, :D])):
+        assert (float(e[pos, 0]), float(e[pos, 1])) == _truth(t, valid)[:2], pos
+    assert int(ca.sum()) == 0 and int(cb.sum()) == 0

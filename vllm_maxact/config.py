@@ -67,12 +67,11 @@ class MaxActConfig(BaseSettings):
         "(fused where Triton is missing).",
     )
     fuse_sites: bool = Field(
-        False,
+        True,
         description="On the triton hot path, record the sites of adapters that declare vLLM's Llama layout "
         "inside Triton versions of the model's own fused add + RMSNorm and SiLU-and-mul kernels (no extra "
-        "launch or read; CUDA graphs and eager then record identical maxima). Off by default until its "
-        "kernels match Inductor's speed at decode sizes (benchmarks/RESULTS.md); off: one extra kernel "
-        "per layer.",
+        "launch or read; CUDA graphs and eager record the same maxima). Elsewhere, or 0: hooks, with one "
+        "extra kernel per layer on the GPU.",
     )
     admin_token: str | None = Field(
         None, description="Bearer token required by state-changing HTTP endpoints (reset)."

@@ -75,16 +75,20 @@ def _act_forward(rec: Recorder, g: int, pos: int):
     return forward
 
 
-def fuse_sites(rec: Recorder, adapter: Adapter, model: nn.Module, probes: Iterable[Probe]) -> set[int]:
+def fuse_sites(rec: Recorder, adapter: Adapter, model: nn.Module, probes: Iterable[Probe],
+               explicit: bool = True) -> set[int]:
     """Move what it can of ``probes``' sites into the model's norm / activation kernels;
-    returns the slots it took (they need no hook). Requires the `triton` hot path."""
+    returns the slots it took (they need no hook). Requires the `triton` hot path. Where it
+    cannot apply, a user who asked for it (``explicit``) gets a warning naming the reason; the
+    default only notes it at debug level."""
     classes = _vllm_classes()
     why = ("the hot path is " + rec.hot_path if rec.hot_path != "triton" else
            f"adapter {adapter.name!r} does not declare vLLM's Llama layout" if not getattr(adapter, "fusable_layout", False)
            else "the INT-8 check is on (it reads every site in the hooks)" if rec.int8
            else "vLLM's RMSNorm / SiluAndMul classes are not importable" if classes is None else None)
     if why is not None:
-        logger.warning("vllm-maxact: VLLM_MAXACT_FUSE_SITES=1 ignored: %s; every site is recorded by hooks", why)
+        logger.log(logging.WARNING if explicit else logging.DEBUG,
+                   "vllm-maxact: VLLM_MAXACT_FUSE_SITES=1 ignored: %s; every site is recorded by hooks", why)
         return set()
     from vllm_maxact import ops_norm  # noqa: F401  (registers the ops)
 

@@ -194,7 +194,8 @@ def instrument(
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
     rec.architecture = arch
-    fused = fuse_sites(rec, adapter, model, probes) if cfg.fuse_sites else set()
+    fused = (fuse_sites(rec, adapter, model, probes, explicit="fuse_sites" in cfg.model_fields_set)
+             if cfg.fuse_sites else set())
     for slot, p in enumerate(probes):
         if slot in fused:
             continue

@@ -11,6 +11,14 @@ buffers on the way: no extra launch and no extra read per site.
 Both are opaque `torch.library` ops (Inductor keeps them as one call each), read ``n_valid``
 on the device (rows at or past it, CUDA-graph padding, are computed but never counted) and use
 launch grids that depend only on shapes, so CUDA graphs capture and replay them.
+
+What keeps them near the plain kernels' speed (benchmarks/RESULTS.md): a norm row's statistics
+ride in the norm's own sum-of-squares reduction (one multi-operand reduction, no extra barrier)
+into scalars; SiLU-and-mul keeps two elementwise accumulators, reduced once per program; the
+atomics are relaxed. NaN / Inf are not counted on that path: they map to infinities, and a
+program whose max or min comes out infinite re-reads its rows and folds the exact finite
+extrema and counts. Registers on sm_90 (benchmarks/triton_regs.py): norm 150 at 8 warps,
+SiLU-and-mul 62.
 """
 
 from __future__ import annotations
@@ -24,11 +32,18 @@ import triton.language as tl
 
 from vllm_maxact.ops_triton import _rows, fold_atomic
 
-#: programs per SM for the row-looping kernels: few enough that the per-program atomics stay
-#: cheap at 16k-token prefill steps, enough to keep the memory system busy
-PROGRAMS_PER_SM = 4
+#: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
+PROGRAMS_PER_SM = 8
 ACT_BLOCK_C = 1024  # columns per SiLU-and-mul program
-ACT_BLOCK_T = 2  # rows per SiLU-and-mul tile
+ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 110 registers instead of 62 on sm_90)
+ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each step costs Python time
+#: one multi-operand reduction per row (True: the GPU form) or one builtin reduction per
+#: statistic (Triton's interpreter runs a multi-operand reduction element by element in Python);
+#: None: by TRITON_INTERPRET. The interpreter checks run both.
+MULTI_REDUCE = None
+#: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
+#: (16 warps: 75 registers, measured slower than 8 on an H200 at every size)
+NORM_WARPS = None
 
 
 @functools.cache
@@ -55,30 +70,65 @@ def _cast(v, dtype: tl.constexpr, RTNE: tl.constexpr):
 
 
 @triton.jit
-def _acc(v, m, hi, lo, bad):
-    """Fold values ``v`` (float32) where ``m`` into running max / min of the finite ones and a
-    packed count of non-finite ones (NaN in the low 16 bits, Inf in the high 16)."""
-    is_nan = v != v
-    is_inf = tl.abs(v) == float("inf")
-    fin = m & ~is_nan & ~is_inf
-    hi = tl.maximum(hi, tl.where(fin, v, float("-inf")))
-    lo = tl.minimum(lo, tl.where(fin, v, float("inf")))
-    bad += (m & is_nan).to(tl.int32) + ((m & is_inf).to(tl.int32) << 16)
-    return hi, lo, bad
+def _hi(v, m):
+    """Candidates for a max where ``m``: a NaN counts as +inf, so any non-finite value makes the
+    max or the min infinite and sends the program to the exact path (`_finish`)."""
+    return tl.where(m, tl.where(v != v, float("inf"), v), float("-inf"))
 
 
 @triton.jit
-def _fold(ext_ptr, cnt_ptr, pos, hi, lo, bad):
-    """One program's accumulators into row ``pos`` of a group's extrema [k, 2] / counts [k, 2]."""
-    fold_atomic(ext_ptr, cnt_ptr, pos, tl.max(hi, axis=0), tl.min(lo, axis=0), tl.sum(bad & 0xFFFF, axis=0),
-                tl.sum(bad >> 16, axis=0))
+def _lo(v, m):
+    return tl.where(m, tl.where(v != v, float("-inf"), v), float("inf"))
+
+
+@triton.jit
+def _c3(s0, h0, l0, s1, h1, l1):
+    return s0 + s1, tl.maximum(h0, h1), tl.minimum(l0, l1)
+
+
+@triton.jit
+def _c5(s0, a0, b0, c0, d0, s1, a1, b1, c1, d1):
+    return s0 + s1, tl.maximum(a0, a1), tl.minimum(b0, b1), tl.maximum(c0, c1), tl.minimum(d0, d1)
+
+
+@triton.jit
+def _c2(h0, l0, h1, l1):
+    return tl.maximum(h0, h1), tl.minimum(l0, l1)
+
+
+@triton.jit
+def _finish(v_ptr, stride, T, n, pid, step, cols, cm, h, lw, e_ptr, c_ptr, pos):
+    """Fold a program's max ``h`` / min ``lw`` (non-finite values mapped to infinities) at ``pos``.
+    Finite (the normal case): two atomics. Otherwise re-read the program's valid rows of the
+    tensor (as stored) and fold the exact finite max, min and NaN / Inf counts."""
+    if (h < float("inf")) & (lw > float("-inf")):
+        fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0)
+    else:
+        tl.debug_barrier()  # the program's own stores of this tensor, visible to all its threads
+        hx = tl.full(cols.shape, float("-inf"), tl.float32)
+        lx = tl.full(cols.shape, float("inf"), tl.float32)
+        bx = tl.zeros(cols.shape, tl.int32)
+        for row in range(pid, tl.minimum(n, T), step):
+            v = tl.load(v_ptr + tl.cast(row, tl.int64) * stride + cols, mask=cm, other=0.0).to(tl.float32)
+            is_nan = v != v
+            is_inf = tl.abs(v) == float("inf")
+            fin = cm & ~is_nan & ~is_inf
+            hx = tl.maximum(hx, tl.where(fin, v, float("-inf")))
+            lx = tl.minimum(lx, tl.where(fin, v, float("inf")))
+            bx += (cm & is_nan).to(tl.int32) + ((cm & is_inf).to(tl.int32) << 16)
+        fold_atomic(e_ptr, c_ptr, pos, tl.max(hx, axis=0), tl.min(lx, axis=0), tl.sum(bx & 0xFFFF, axis=0),
+                    tl.sum(bx >> 16, axis=0))
 
 
 @triton.jit
 def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
                  ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
                  HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
-                 REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr):
+                 REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr, MULTI: tl.constexpr):
+    """Rows ``pid, pid + P, ...``, each whole in registers (as Inductor's persistent norm). The
+    statistics of a row ride in the norm's own sum-of-squares reduction (one multi-operand
+    reduction: no extra barrier) and fold into scalars; the output's, where recorded, in one
+    more. One fold per recorded tensor per program."""
     pid = tl.program_id(0)
     step = tl.num_programs(0)
     n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
@@ -86,31 +136,40 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
     cm = cols < H
     if HAS_W:
         w = tl.load(w_ptr + cols, mask=cm, other=0.0)
-    hx = tl.full([BH], float("-inf"), tl.float32)
-    lx = tl.full([BH], float("inf"), tl.float32)
-    bx = tl.zeros([BH], tl.int32)
-    hs = tl.full([BH], float("-inf"), tl.float32)
-    ls = tl.full([BH], float("inf"), tl.float32)
-    bs = tl.zeros([BH], tl.int32)
-    ho = tl.full([BH], float("-inf"), tl.float32)
-    lo = tl.full([BH], float("inf"), tl.float32)
-    bo = tl.zeros([BH], tl.int32)
+    hx = tl.full([], float("-inf"), tl.float32)
+    lx = tl.full([], float("inf"), tl.float32)
+    hs = tl.full([], float("-inf"), tl.float32)
+    ls = tl.full([], float("inf"), tl.float32)
+    ho = tl.full([], float("-inf"), tl.float32)
+    lo = tl.full([], float("inf"), tl.float32)
     for row in range(pid, T, step):
-        rm = cm & (row < n)
+        vm = cm & (row < n)
         row64 = tl.cast(row, tl.int64)
         x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
-        if REC_X:
-            hx, lx, bx = _acc(x, rm, hx, lx, bx)
         if HAS_RES:
             s = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
             s_out = _cast(s, rout_ptr.dtype.element_ty, RTNE)
             tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
-            if REC_S:
-                hs, ls, bs = _acc(s_out.to(tl.float32), rm, hs, ls, bs)
+            sf = s_out.to(tl.float32)
         else:
             s = x
-        var = tl.sum(s * s, axis=0) / H
-        y = s * tl.rsqrt(var + eps)
+            sf = x
+        if REC_X and REC_S and MULTI:
+            ss, a, b, c, d = tl.reduce((s * s, _hi(x, vm), _lo(x, vm), _hi(sf, vm), _lo(sf, vm)), 0, _c5)
+            hx, lx, hs, ls = tl.maximum(hx, a), tl.minimum(lx, b), tl.maximum(hs, c), tl.minimum(ls, d)
+        elif REC_X and MULTI:
+            ss, a, b = tl.reduce((s * s, _hi(x, vm), _lo(x, vm)), 0, _c3)
+            hx, lx = tl.maximum(hx, a), tl.minimum(lx, b)
+        elif REC_S and MULTI:
+            ss, c, d = tl.reduce((s * s, _hi(sf, vm), _lo(sf, vm)), 0, _c3)
+            hs, ls = tl.maximum(hs, c), tl.minimum(ls, d)
+        else:  # separate reductions (Triton's interpreter runs a multi-operand one element by element)
+            ss = tl.sum(s * s, axis=0)
+            if REC_X:
+                hx, lx = tl.maximum(hx, tl.max(_hi(x, vm), axis=0)), tl.minimum(lx, tl.min(_lo(x, vm), axis=0))
+            if REC_S:
+                hs, ls = tl.maximum(hs, tl.max(_hi(sf, vm), axis=0)), tl.minimum(ls, tl.min(_lo(sf, vm), axis=0))
+        y = s * tl.rsqrt(ss / H + eps)
         if HAS_W:
             # vLLM's native order: round to the weight's dtype, then scale
             y = _cast(y, w_ptr.dtype.element_ty, RTNE and w_ptr.dtype.element_ty == tl.bfloat16).to(tl.float32) \
@@ -118,18 +177,26 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
         y_out = _cast(y, out_ptr.dtype.element_ty, RTNE)
         tl.store(out_ptr + row64 * so + cols, y_out, mask=cm)
         if REC_O:
-            ho, lo, bo = _acc(y_out.to(tl.float32), rm, ho, lo, bo)
+            yf = y_out.to(tl.float32)
+            if MULTI:
+                e, f = tl.reduce((_hi(yf, vm), _lo(yf, vm)), 0, _c2)
+            else:
+                e, f = tl.max(_hi(yf, vm), axis=0), tl.min(_lo(yf, vm), axis=0)
+            ho, lo = tl.maximum(ho, e), tl.minimum(lo, f)
     if REC_X:
-        _fold(ea_ptr, ca_ptr, pos_x, hx, lx, bx)
+        _finish(x_ptr, sx, T, n, pid, step, cols, cm, hx, lx, ea_ptr, ca_ptr, pos_x)
     if REC_S:
-        _fold(ea_ptr, ca_ptr, pos_s, hs, ls, bs)
+        _finish(rout_ptr, sro, T, n, pid, step, cols, cm, hs, ls, ea_ptr, ca_ptr, pos_s)
     if REC_O:
-        _fold(eb_ptr, cb_ptr, pos_o, ho, lo, bo)
+        _finish(out_ptr, so, T, n, pid, step, cols, cm, ho, lo, eb_ptr, cb_ptr, pos_o)
 
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
-                     REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr):
+                     REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr,
+                     MULTI: tl.constexpr):
+    """Program (c, r): column block c of row tiles ``r, r + R, ...``. The gate's running max / min
+    stay elementwise ([BT, BC], non-finite values mapped to infinities) and are reduced once."""
     pid_c = tl.program_id(0)
     pid_r = tl.program_id(1)
     step = tl.num_programs(1) * BT
@@ -138,7 +205,6 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
     cm = cols < D
     hi = tl.full([BT, BC], float("-inf"), tl.float32)
     lo = tl.full([BT, BC], float("inf"), tl.float32)
-    bad = tl.zeros([BT, BC], tl.int32)
     for r0 in range(pid_r * BT, T, step):
         rows = r0 + tl.arange(0, BT)
         m = (rows < T)[:, None] & cm[None, :]
@@ -146,13 +212,44 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
         g = tl.load(x_ptr + base, mask=m, other=0.0).to(tl.float32)
         u = tl.load(x_ptr + base + D, mask=m, other=0.0).to(tl.float32)
         if REC:
-            hi, lo, bad = _acc(g, m & (rows < n)[:, None], hi, lo, bad)
+            vm = m & (rows < n)[:, None]
+            hi = tl.maximum(hi, _hi(g, vm))
+            lo = tl.minimum(lo, _lo(g, vm))
         # vLLM's native F.silu(gate) * up, the SiLU rounded to the activation dtype first
         a = _cast(g * tl.sigmoid(g), out_ptr.dtype.element_ty, RTNE).to(tl.float32)
         tl.store(out_ptr + rows[:, None].to(tl.int64) * so + cols[None, :],
                  _cast(a * u, out_ptr.dtype.element_ty, RTNE), mask=m)
     if REC:
-        _fold(e_ptr, c_ptr, pos, tl.max(hi, axis=0), tl.min(lo, axis=0), tl.sum(bad, axis=0))
+        if MULTI:
+            h, lw = tl.reduce((tl.reshape(hi, [BT * BC]), tl.reshape(lo, [BT * BC])), 0, _c2)
+        else:
+            h, lw = tl.max(tl.max(hi, axis=1), axis=0), tl.min(tl.min(lo, axis=1), axis=0)
+        if (h < float("inf")) & (lw > float("-inf")):
+            fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0)
+        else:  # re-read the program's gate tiles and fold the exact statistics
+            hx = tl.full([BT, BC], float("-inf"), tl.float32)
+            lx = tl.full([BT, BC], float("inf"), tl.float32)
+            bx = tl.zeros([BT, BC], tl.int32)
+            for r0 in range(pid_r * BT, T, step):
+                rows = r0 + tl.arange(0, BT)
+                vm = (rows < n)[:, None] & cm[None, :]
+                v = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx + cols[None, :], mask=vm, other=0.0)
+                v = v.to(tl.float32)
+                is_nan = v != v
+                is_inf = tl.abs(v) == float("inf")
+                fin = vm & ~is_nan & ~is_inf
+                hx = tl.maximum(hx, tl.where(fin, v, float("-inf")))
+                lx = tl.minimum(lx, tl.where(fin, v, float("inf")))
+                bx += (vm & is_nan).to(tl.int32) + ((vm & is_inf).to(tl.int32) << 16)
+            hx = tl.max(hx, axis=0)
+            lx = tl.min(lx, axis=0)
+            bx = tl.sum(bx, axis=0)
+            fold_atomic(e_ptr, c_ptr, pos, tl.max(hx, axis=0), tl.min(lx, axis=0), tl.sum(bx & 0xFFFF, axis=0),
+                        tl.sum(bx >> 16, axis=0))
+
+
+def _multi() -> bool:
+    return MULTI_REDUCE if MULTI_REDUCE is not None else os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def _rtne(x: torch.Tensor) -> bool:
@@ -160,6 +257,7 @@ def _rtne(x: torch.Tensor) -> bool:
 
 
 def _norm_warps(block: int) -> int:
+    # 16 at 4,096 columns: 8 values per thread per row vector, 75-84 registers on sm_90 (8 warps: 150)
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 
@@ -191,7 +289,7 @@ def rms_norm_rec(
             max(pos_x, 0), max(pos_s, 0),
             ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
             HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BH=block,
-            RTNE=_rtne(x), num_warps=_norm_warps(block),
+            RTNE=_rtne(x), MULTI=_multi(), num_warps=NORM_WARPS or _norm_warps(block),
         )
     shape = x.shape
     if not has_res:
@@ -218,10 +316,11 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
     out = torch.empty((T, D), dtype=x.dtype, device=x.device)
     if T:
         cb = triton.cdiv(D, ACT_BLOCK_C)
-        rows = min(triton.cdiv(T, ACT_BLOCK_T), max(1, _max_programs(x) // cb))
+        bt = ACT_BLOCK_T_INTERPRET if os.environ.get("TRITON_INTERPRET") == "1" else ACT_BLOCK_T
+        rows = min(triton.cdiv(T, bt), max(1, _max_programs(x) // cb))
         _silu_mul_kernel[(cb, rows)](
             x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
-            REC=pos >= 0, BT=ACT_BLOCK_T, BC=ACT_BLOCK_C, RTNE=_rtne(x), num_warps=4,
+            REC=pos >= 0, BT=bt, BC=ACT_BLOCK_C, RTNE=_rtne(x), MULTI=_multi(), num_warps=4,
         )
     return out.view(*x.shape[:-1], D)
 
