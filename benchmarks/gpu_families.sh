@@ -24,7 +24,8 @@
 #       command="GPU=1 bash benchmarks/gpu_families.sh")
 # Environment: GPU (CUDA device index, default 1; 0 if the machine has one GPU), OUT (results,
 # default /tmp/maxact_families), LIMIT (seconds for pytest, default 330), MEM (vLLM
-# gpu_memory_utilization per engine, default 0.15), REINSTALL (1: reinstall this project into
+# gpu_memory_utilization per engine, default 0.15), DTYPE (the engines' dtype, default bfloat16;
+# float32 tells a recording error from bf16 drift where a bf16 case fails on tolerance), REINSTALL (1: reinstall this project into
 # $HOME/site from the working tree first, so the tested code is the tree's; default 1 when
 # $HOME/site holds the project), K (pytest -k expression, default all cases above), STOP (set: -x,
 # stop at the first failure; default: run every case, so one call reports them all).
@@ -35,6 +36,7 @@ REPO=$(pwd)
 OUT=${OUT:-/tmp/maxact_families}
 LIMIT=${LIMIT:-330}
 MEM=${MEM:-0.15}
+DTYPE=${DTYPE:-bfloat16}
 K=${K:-qwen2_5_vl or gemma3_mm or qwen3_5}
 mkdir -p "$OUT"
 [ -f tests/test_engine_families_more.py ] || { echo "run me from the repository root" >&2; exit 2; }
@@ -68,7 +70,10 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   GPU=${GPU-1}
   if [ -n "$GPU" ] && [ "$GPU" -ge "$n" ]; then echo "GPU $GPU absent ($n GPUs): using GPU 0"; GPU=0; fi
   export CUDA_VISIBLE_DEVICES=$GPU
-  export MAXACT_TEST_ENGINE_ARGS="{\"gpu_memory_utilization\": $MEM, \"max_num_seqs\": 16}"
+  # Gated DeltaNet prefill (Qwen3.5) on the Triton/FLA kernels: vLLM 0.26 picks FlashInfer's on
+  # Hopper, whose SM90 kernel the GPU image lacks ("SM90 GDN prefill DSL kernel is unavailable");
+  # models without GDN layers ignore the key.
+  export MAXACT_TEST_ENGINE_ARGS="{\"gpu_memory_utilization\": $MEM, \"max_num_seqs\": 16, \"dtype\": \"$DTYPE\", \"additional_config\": {\"gdn_prefill_backend\": \"triton\"}}"
   nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader
 fi
 export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$HOME/vcache_families}
