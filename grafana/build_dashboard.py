@@ -49,7 +49,7 @@ METRICS: list[str] = [
     "vllm_maxact_window_seconds",
     "vllm_maxact_sites",
     "vllm_maxact_last_update_timestamp_seconds",
-    "vllm_maxact_info",  # {model_name, architecture, adapter, plugin_version, vllm_version, tp_size, pp_size}
+    "vllm_maxact_info",  # {model_name, architecture, adapter, plugin_version, vllm_version, tp_size, pp_size, hot_path}
     # snapshot health (no labels)
     "vllm_maxact_snapshot_error",
     "vllm_maxact_snapshot_errors_total",

@@ -6,3 +6,4 @@ from vllm_maxact.adapters import Adapter
 class Qwen2Adapter(Adapter):
     name = "qwen2"
     architectures = ("Qwen2ForCausalLM",)
+    fusable_layout = True

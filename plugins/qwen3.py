@@ -6,3 +6,4 @@ from vllm_maxact.adapters import Adapter
 class Qwen3Adapter(Adapter):
     name = "qwen3"
     architectures = ("Qwen3ForCausalLM",)
+    fusable_layout = True

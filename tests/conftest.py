@@ -136,15 +136,20 @@ def prompt_only(llm, token_lists: list[list[int]]) -> None:
     llm.generate([{"prompt_token_ids": t} for t in token_lists], SamplingParams(max_tokens=1), use_tqdm=False)
 
 
-def served_stats(model: str, token_lists: list[list[int]], *, per_rank: bool = False, **engine_kwargs):
+def served_stats(model: str, token_lists: list[list[int]], *, per_rank: bool = False, payloads: list | None = None,
+                 **engine_kwargs):
     """A fresh engine for ``model``: reset, prompt-only over ``token_lists``, read back
-    (`vllm_maxact.read_stats`), closed."""
+    (`vllm_maxact.read_stats`), closed. ``payloads``, if given, receives the workers' raw
+    payloads (hot path, sites recorded in kernels, ...)."""
     import vllm_maxact
+    from vllm_maxact.api import collect
 
     llm = build_llm(model, **engine_kwargs)
     try:
         vllm_maxact.reset_stats(llm)
         prompt_only(llm, token_lists)
+        if payloads is not None:
+            payloads.extend(collect(llm))
         return vllm_maxact.read_stats(llm, per_rank=per_rank)
     finally:
         close_llm(llm)

@@ -34,13 +34,13 @@ def token_lists(seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(3, 49000) for _ in range(n)] for n in (5, 37, 120, 301, 64)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused", "llama-triton"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused", "llama-triton", "qwen3-triton"])
 def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
     """``llama-fused``: the Inductor-visible hot path (per-layer deferred fold), forced on the
-    CPU build. ``llama-triton``: the GPU path (in-kernel recording, its default), every site recorded
+    CPU build. ``llama-triton`` and ``qwen3-triton``: the GPU path (in-kernel recording, its default), every site recorded
     inside Triton versions of the model's norm and SiLU-and-mul kernels (`vllm_maxact.fusion`),
     run by Triton's interpreter in vLLM's engine process (spawned after TRITON_INTERPRET is set)."""
-    rtol, engine_kwargs = RTOL, {}
+    rtol, engine_kwargs, hot = RTOL, {}, None
     if "-" in arch:
         arch, hot = arch.split("-")
         monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", hot)
@@ -57,7 +57,12 @@ def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
             engine_kwargs = {"max_num_batched_tokens": 512}
     model_dir = tiny_factory(arch)
     toks = token_lists()
-    got = stats_by_site(served_stats(model_dir, toks, **engine_kwargs))
+    payloads = []
+    got = stats_by_site(served_stats(model_dir, toks, payloads=payloads, **engine_kwargs))
+    if hot == "triton":
+        # every default site inside the model's norm and SiLU-and-mul kernels, none by hooks
+        assert {p["hot_path"] for p in payloads} == {"triton"}
+        assert set(payloads[0]["in_kernel_sites"]) == set(payloads[0]["sites"]), payloads[0]["in_kernel_sites"]
     ref = reference_stats(model_dir, toks)
 
     layers = {Site.parse(s).layer for s in ref if Site.parse(s).layer is not None}

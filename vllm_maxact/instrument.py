@@ -196,6 +196,7 @@ def instrument(
     rec.architecture = arch
     fused = (fuse_sites(rec, adapter, model, probes, explicit="fuse_sites" in cfg.model_fields_set)
              if cfg.fuse_sites else set())
+    rec.in_kernel_sites = [rec.sites[s].name for s in sorted(fused)]
     for slot, p in enumerate(probes):
         if slot in fused:
             continue

@@ -83,7 +83,7 @@ class MaxActCollector(Collector):
                                     "When the workers last published statistics.", labels=["model_name"])
         info = GaugeMetricFamily(PREFIX + "info", "Recorder build information (value 1).",
                                  labels=["model_name", "architecture", "adapter", "plugin_version", "vllm_version",
-                                         "tp_size", "pp_size"])
+                                         "tp_size", "pp_size", "hot_path"])
         thr_g = GaugeMetricFamily(PREFIX + "int8_threshold", "Calibrated INT-8 threshold (scale = threshold / 127) "
                                   "loaded from VLLM_MAXACT_CALIBRATION.", labels=SITE_LABELS)
         clip_g = GaugeMetricFamily(PREFIX + "int8_clip_rate", "Fraction of recent-window values with |x| above the "
@@ -126,7 +126,8 @@ class MaxActCollector(Collector):
             sites_g.add_metric([model], n_sites)
             updated.add_metric([model], last)
             info.add_metric([model, str(p0.get("architecture")), str(p0.get("adapter")), str(p0.get("plugin_version")),
-                             str(p0.get("vllm_version")), str(p0.get("tp_size", 1)), str(p0.get("pp_size", 1))], 1)
+                             str(p0.get("vllm_version")), str(p0.get("tp_size", 1)), str(p0.get("pp_size", 1)),
+                             _hot_path_label(p0)], 1)
             if gl is not None:
                 gmax.add_metric([model], gl)
             if gw is not None:
@@ -268,3 +269,12 @@ def start_exporter(port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
     server, thread = start_http_server(port, addr=host, registry=registry)
     logger.info("vllm-maxact: exporter on http://%s:%d/metrics", host, server.server_port)
     return server, thread
+
+
+def _hot_path_label(payload: dict) -> str:
+    """How the sites are recorded: the hot path, with "+in_kernel" where some sites are recorded
+    inside the model's own kernels (older payloads: "unknown")."""
+    hot = payload.get("hot_path")
+    if hot is None:
+        return "unknown"
+    return f"{hot}+in_kernel" if payload.get("in_kernel_sites") else str(hot)
