@@ -43,6 +43,10 @@ KERNELS = {
     "w16": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_WARPS": 16}),
     "bt2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_T": 2}),
     "p32": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 32}),
+    # fewer SiLU-and-mul programs per row block, so fewer atomics on the same two addresses
+    "p2": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 2}),
+    "c512t4": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_C": 512, "ACT_BLOCK_T": 4}),
+    "c256t8": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_C": 256, "ACT_BLOCK_T": 8}),
 }
 
 
