@@ -98,16 +98,21 @@ def graph_us(fn, reps: int = 20) -> float:
     return sorted(times)[2]
 
 
+def armed(dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh extrema [4, 2] (max -inf, min +inf) and counts [4, 2] buffers, as the recorder arms them."""
+    ext = torch.full((4, 2), float("inf"), device=dev)
+    ext[:, 0] = float("-inf")
+    return ext, torch.zeros(4, 2, dtype=torch.int64, device=dev)
+
+
 def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
     x = torch.randn(T, H, device=dev, dtype=torch.bfloat16)
     r = torch.randn(T, H, device=dev, dtype=torch.bfloat16) * 30
     w = torch.randn(H, device=dev, dtype=torch.bfloat16)
     gu = torch.randn(T, 2 * INTER, device=dev, dtype=torch.bfloat16)
     nv = torch.tensor([T], device=dev)
-    ext = torch.full((4, 2), float("inf"), device=dev)
-    ext[:, 0] = float("-inf")
-    cnt = torch.zeros(4, 2, dtype=torch.int64, device=dev)
-    ext2, cnt2 = ext.clone(), cnt.clone()
+    ext, cnt = armed(dev)
+    ext2, cnt2 = armed(dev)
     row = {"tokens": T,
            "norm_inductor_us": graph_us(lambda: cnorm(x, r, w)),
            "silu_inductor_us": graph_us(lambda: csilu(gu))}
@@ -124,10 +129,8 @@ def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
     s0 = native_silu_and_mul(gu).float()
     for sem in ops:
         op = getattr(torch.ops, f"maxact_{sem}")
-        ea = torch.full((4, 2), float("inf"), device=dev)
-        ea[:, 0] = float("-inf")
-        ca = torch.zeros(4, 2, dtype=torch.int64, device=dev)
-        eb, cb = ea.clone(), ca.clone()
+        ea, ca = armed(dev)
+        eb, cb = armed(dev)
         o1, r1 = op.rms_norm_rec(x, r, w, EPS, nv, ea, ca, 0, 1, eb, cb, 0)
         y1 = op.silu_and_mul_rec(gu, nv, ea, ca, 2).float()
         row[f"check_{sem}"] = {
@@ -144,9 +147,7 @@ def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
         # a NaN and an Inf: counted, and the extrema stay those of the finite values
         xb, gb = x.clone(), gu.clone()
         xb[T // 2, 5], xb[T - 1, 7], gb[T // 2, 3] = float("nan"), float("-inf"), float("nan")
-        ea.fill_(float("inf"))
-        ea[:, 0] = float("-inf")
-        ca.zero_()
+        ea, ca = armed(dev)
         op.rms_norm_rec(xb, r, w, EPS, nv, ea, ca, 0, -1, None, None, -1)
         op.silu_and_mul_rec(gb, nv, ea, ca, 2)
         fx, fg = xb.float(), gb[:, :INTER].float()

@@ -246,7 +246,8 @@ def _rtne(x: torch.Tensor) -> bool:
 
 
 def _norm_warps(block: int) -> int:
-    # 16 at 4,096 columns: 8 values per thread per row vector, 75-84 registers on sm_90 (8 warps: 150)
+    # 8 at 4,096 columns: 150 registers on sm_90, faster on an H200 at every size than 16 warps
+    # (75 registers; benchmarks/RESULTS.md, 2026-12-03)
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 
