@@ -180,3 +180,55 @@ def test_in_kernel_finite_inputs_fold_without_the_exact_pass(tokens, valid, form
     for (e, pos), t in (((ea, 1), x), ((ea, 3), res), ((eb, 0), out), ((ea, 2), gu[:, :D])):
         assert (float(e[pos, 0]), float(e[pos, 1])) == _truth(t, valid)[:2], pos
     assert int(ca.sum()) == 0 and int(cb.sum()) == 0
+
+
+@pytest.mark.parametrize("tokens", [1, 300])
+def test_in_kernel_folds_into_what_the_rows_already_hold(tokens, form):
+    """Rows already hold a window's extrema (steady serving: the host re-arms them only when it
+    collects). A row seeded inside the batch's range ends at the batch's extrema (programs
+    whose own extremes pass the seed fold them, the others send nothing); a row seeded outside
+    keeps its seed; neighbouring rows hold huge values, so reading the wrong row's bounds would
+    skip folds that are due."""
+    from vllm_maxact import ops_norm  # noqa: F401
+
+    g = torch.Generator().manual_seed(tokens + 5)
+    H, D = 200, 1500
+    x = (torch.randn(tokens, H, generator=g) * 3).to(torch.bfloat16)
+    r = (torch.randn(tokens, H, generator=g) * 40).to(torch.bfloat16)
+    gu = torch.randn(tokens, 2 * D, generator=g).to(torch.bfloat16)
+    nv = torch.tensor([tokens])
+    sites = {1: x.float(), 3: (x.float() + r.float()).to(torch.bfloat16).float(), 5: gu[:, :D].float()}
+
+    def seeded(inside: bool) -> torch.Tensor:
+        ext = torch.tensor([[1e30, -1e30]] * 7)
+        for pos, t in sites.items():
+            hi, lo = float(t.max()), float(t.min())
+            ext[pos] = torch.tensor([hi - 0.25 * (hi - lo), lo + 0.25 * (hi - lo)] if inside else [hi + 1, lo - 1])
+        return ext
+
+    for inside in (True, False):
+        ext, cnt = seeded(inside), torch.zeros(7, 2, dtype=torch.int64)
+        want = ext.clone()
+        torch.ops.vllm_maxact.rms_norm_rec(x, r, None, 1e-5, nv, ext, cnt, 1, 3, None, None, -1)
+        torch.ops.vllm_maxact.silu_and_mul_rec(gu, nv, ext, cnt, 5)
+        for pos, t in sites.items():
+            if inside:
+                want[pos] = torch.tensor([float(t.max()), float(t.min())])
+        assert torch.equal(ext, want), (inside, ext, want)
+        assert int(cnt.sum()) == 0
+
+
+@pytest.mark.parametrize("tokens", [1, 150])
+def test_one_launch_folds_into_what_the_rows_already_hold(tokens):
+    """The unfused per-layer kernel: the same bounds, read per program (see above)."""
+    from vllm_maxact import ops_triton
+
+    g = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 1500, generator=g) * 7
+    hi, lo = float(x.max()), float(x.min())
+    ext = torch.tensor([[1e30, -1e30], [hi - 1, lo + 1], [1e30, -1e30], [hi + 1, lo - 1]])
+    cnt = torch.zeros(4, 2, dtype=torch.int64)
+    want = ext.clone()
+    want[1] = torch.tensor([hi, lo])
+    ops_triton.launch(ext, cnt, torch.tensor([tokens]), [1, 3], [x, x])
+    assert torch.equal(ext, want), (ext, want)

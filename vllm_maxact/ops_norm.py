@@ -30,17 +30,21 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_maxact.ops_triton import _rows, _site, fold_atomic
+from vllm_maxact.ops_triton import _rows, _site, fold_atomic, seen
 
 #: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
 PROGRAMS_PER_SM = 8
 ACT_BLOCK_C = 1024  # columns per SiLU-and-mul program
 ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 110 registers instead of 62 on sm_90)
 ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each step costs Python time
+ACT_STAGES = None  # software-pipelining stages of SiLU-and-mul's row loop (None: Triton's choice)
 #: one multi-operand reduction per row (True: the GPU form) or one builtin reduction per
 #: statistic (Triton's interpreter runs a multi-operand reduction element by element in Python);
 #: None: by TRITON_INTERPRET. The interpreter checks run both.
 MULTI_REDUCE = None
+#: read each recorded row's current extrema at a program's start and send only atomics that
+#: change them (`ops_triton.seen`); False: every program sends its two (benchmarks compare)
+SKIP_SEEN = True
 #: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
 #: (16 warps: 75 registers, measured slower than 8 on an H200 at every size)
 NORM_WARPS = None
@@ -97,13 +101,23 @@ def _c2(h0, l0, h1, l1):
 
 
 @triton.jit
-def _finish(v_ptr, stride, H, n, pid, step, h, lw, e_ptr, c_ptr, pos, BH: tl.constexpr):
+def _seen(e_ptr, pos, SKIP: tl.constexpr):
+    if SKIP:
+        sh, sl = seen(e_ptr, pos)
+    else:
+        sh, sl = float("-inf"), float("inf")
+    return sh, sl
+
+
+@triton.jit
+def _finish(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BH: tl.constexpr):
     """Fold a program's max ``h`` / min ``lw`` (non-finite values mapped to infinities) at ``pos``.
-    Finite (the normal case): two atomics. Otherwise re-read the program's valid rows of the
+    Finite (the normal case): at most two atomics, none where ``h`` / ``lw`` do not pass what
+    the row held at the program's start (``sh`` / ``sl``). Otherwise re-read the program's valid rows of the
     tensor (as stored) and fold the exact finite max, min and NaN / Inf counts (the unfused
     path's per-site reduction, one whole row per step)."""
     if (h < float("inf")) & (lw > float("-inf")):
-        fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0)
+        fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
     else:
         tl.debug_barrier()  # the program's own stores of this tensor, visible to all its threads
         _site(v_ptr, H, stride, n, e_ptr, c_ptr, pos, pid, 0, step, 1, BH)
@@ -113,7 +127,8 @@ def _finish(v_ptr, stride, H, n, pid, step, h, lw, e_ptr, c_ptr, pos, BH: tl.con
 def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
                  ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
                  HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
-                 REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr, MULTI: tl.constexpr):
+                 REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr, MULTI: tl.constexpr,
+                 SKIP: tl.constexpr):
     """Rows ``pid, pid + P, ...``, each whole in registers (as Inductor's persistent norm). The
     statistics of a row ride in the norm's own sum-of-squares reduction (one multi-operand
     reduction: no extra barrier) and fold into scalars; the output's, where recorded, in one
@@ -121,6 +136,12 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
     pid = tl.program_id(0)
     step = tl.num_programs(0)
     n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    if REC_X:
+        sxh, sxl = _seen(ea_ptr, pos_x, SKIP)
+    if REC_S:
+        ssh, ssl = _seen(ea_ptr, pos_s, SKIP)
+    if REC_O:
+        soh, sol = _seen(eb_ptr, pos_o, SKIP)
     cols = tl.arange(0, BH)
     cm = cols < H
     if HAS_W:
@@ -173,28 +194,30 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
                 e, f = tl.max(_hi(yf, vm), axis=0), tl.min(_lo(yf, vm), axis=0)
             ho, lo = tl.maximum(ho, e), tl.minimum(lo, f)
     if REC_X:
-        _finish(x_ptr, sx, H, n, pid, step, hx, lx, ea_ptr, ca_ptr, pos_x, BH)
+        _finish(x_ptr, sx, H, n, pid, step, hx, lx, sxh, sxl, ea_ptr, ca_ptr, pos_x, BH)
     if REC_S:
-        _finish(rout_ptr, sro, H, n, pid, step, hs, ls, ea_ptr, ca_ptr, pos_s, BH)
+        _finish(rout_ptr, sro, H, n, pid, step, hs, ls, ssh, ssl, ea_ptr, ca_ptr, pos_s, BH)
     if REC_O:
-        _finish(out_ptr, so, H, n, pid, step, ho, lo, eb_ptr, cb_ptr, pos_o, BH)
+        _finish(out_ptr, so, H, n, pid, step, ho, lo, soh, sol, eb_ptr, cb_ptr, pos_o, BH)
 
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                      REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr,
-                     MULTI: tl.constexpr):
+                     MULTI: tl.constexpr, SKIP: tl.constexpr, STAGES: tl.constexpr):
     """Program (c, r): column block c of row tiles ``r, r + R, ...``. The gate's running max / min
     stay elementwise ([BT, BC], non-finite values mapped to infinities) and are reduced once."""
     pid_c = tl.program_id(0)
     pid_r = tl.program_id(1)
     step = tl.num_programs(1) * BT
     n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    if REC:
+        sh, sl = _seen(e_ptr, pos, SKIP)
     cols = pid_c * BC + tl.arange(0, BC)
     cm = cols < D
     hi = tl.full([BT, BC], float("-inf"), tl.float32)
     lo = tl.full([BT, BC], float("inf"), tl.float32)
-    for r0 in range(pid_r * BT, T, step):
+    for r0 in tl.range(pid_r * BT, T, step, num_stages=STAGES):
         rows = r0 + tl.arange(0, BT)
         m = (rows < T)[:, None] & cm[None, :]
         base = rows[:, None].to(tl.int64) * sx + cols[None, :]
@@ -214,7 +237,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
         else:
             h, lw = tl.max(tl.max(hi, axis=1), axis=0), tl.min(tl.min(lo, axis=1), axis=0)
         if (h < float("inf")) & (lw > float("-inf")):
-            fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0)
+            fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
         else:  # re-read the program's gate tiles and fold the exact statistics
             # (inline rather than ops_triton._site, whose separate NaN and Inf counters take the
             # kernel from the 62 registers measured to 66 on sm_90)
@@ -234,7 +257,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                 bx += (vm & is_nan).to(tl.int32) + ((vm & is_inf).to(tl.int32) << 16)
             bx = tl.sum(bx, axis=0)
             fold_atomic(e_ptr, c_ptr, pos, tl.max(tl.max(hx, axis=0), axis=0), tl.min(tl.min(lx, axis=0), axis=0),
-                        tl.sum(bx & 0xFFFF, axis=0), tl.sum(bx >> 16, axis=0))
+                        tl.sum(bx & 0xFFFF, axis=0), tl.sum(bx >> 16, axis=0), sh, sl)
 
 
 def _multi() -> bool:
@@ -279,7 +302,7 @@ def rms_norm_rec(
             max(pos_x, 0), max(pos_s, 0),
             ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
             HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BH=block,
-            RTNE=_rtne(x), MULTI=_multi(), num_warps=NORM_WARPS or _norm_warps(block),
+            RTNE=_rtne(x), MULTI=_multi(), SKIP=SKIP_SEEN, num_warps=NORM_WARPS or _norm_warps(block),
         )
     shape = x.shape
     if not has_res:
@@ -310,7 +333,8 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
         rows = min(triton.cdiv(T, bt), max(1, _max_programs(x) // cb))
         _silu_mul_kernel[(cb, rows)](
             x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
-            REC=pos >= 0, BT=bt, BC=ACT_BLOCK_C, RTNE=_rtne(x), MULTI=_multi(), num_warps=4,
+            REC=pos >= 0, BT=bt, BC=ACT_BLOCK_C, RTNE=_rtne(x), MULTI=_multi(), SKIP=SKIP_SEEN,
+            STAGES=ACT_STAGES, num_warps=4,
         )
     return out.view(*x.shape[:-1], D)
 
