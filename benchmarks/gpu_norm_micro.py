@@ -41,12 +41,13 @@ def native_silu_and_mul(x):
 KERNELS = {
     "tree": ("vllm_maxact/ops_norm.py", "relaxed", {}),
     # every program sends its atomics (as before the rows' bounds were read first)
-    "noskip": ("vllm_maxact/ops_norm.py", "relaxed", {"SKIP_SEEN": False}),
-    "bt2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_T": 2}),
+    "noskip": ("vllm_maxact/ops_norm.py", "relaxed", {"SKIP_SEEN": 0}),
+    "skip": ("vllm_maxact/ops_norm.py", "relaxed", {"SKIP_SEEN": 1 << 30}),
     "p16": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 16}),
     "p32": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 32}),
-    "st2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": 2}),
-    "st3": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": 3}),
+    # SiLU-and-mul's loop pipelined at every size / never
+    "st3": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES_FROM": 0}),
+    "st0": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": None}),
     # fewer SiLU-and-mul programs per row block, so fewer atomics on the same two addresses
     "p2": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 2}),
     "c512t4": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_C": 512, "ACT_BLOCK_T": 4}),
