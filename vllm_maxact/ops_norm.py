@@ -14,8 +14,9 @@ launch grids that depend only on shapes, so CUDA graphs capture and replay them.
 
 What keeps them near the plain kernels' speed (benchmarks/RESULTS.md): a norm row's statistics
 ride in the norm's own sum-of-squares reduction (one multi-operand reduction, no extra barrier)
-into scalars; SiLU-and-mul keeps two elementwise accumulators, reduced once per program; the
-atomics are relaxed. NaN / Inf are not counted on that path: they map to infinities, and a
+into scalars; SiLU-and-mul keeps two elementwise accumulators, reduced once per program, and
+pipelines its row loop where programs loop over many rows; the atomics are relaxed and, at
+decode sizes, sent only where they change the row's held extrema. NaN / Inf are not counted on that path: they map to infinities, and a
 program whose max or min comes out infinite re-reads its rows and folds the exact finite
 extrema and counts. Registers on sm_90 (benchmarks/triton_regs.py): norm 150 at 8 warps,
 SiLU-and-mul 62.
