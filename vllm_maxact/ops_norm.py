@@ -16,9 +16,9 @@ What keeps them near the plain kernels' speed (benchmarks/RESULTS.md): a norm ro
 ride in the norm's own sum-of-squares reduction (one multi-operand reduction, no extra barrier)
 into scalars; SiLU-and-mul keeps two elementwise accumulators, reduced once per program, and
 pipelines its row loop where programs loop over many rows; the atomics are relaxed and, at
-decode sizes, sent only where they change the row's held extrema. NaN / Inf are not counted on that path: they map to infinities, and a
-program whose max or min comes out infinite re-reads its rows and folds the exact finite
-extrema and counts. Registers on sm_90 (benchmarks/triton_regs.py): norm 150 at 8 warps,
+decode sizes, sent only where they change the row's held extrema. NaN / Inf are not counted
+on that path: they map to infinities, and a program whose max or min comes out infinite
+re-reads its rows and folds the exact finite extrema and counts. Registers on sm_90 (benchmarks/triton_regs.py): norm 150 at 8 warps,
 SiLU-and-mul 62.
 """
 
@@ -39,8 +39,8 @@ ACT_BLOCK_C = 1024  # columns per SiLU-and-mul program
 ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 110 registers instead of 62 on sm_90)
 ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each step costs Python time
 #: software-pipelining stages of SiLU-and-mul's row loop where each program loops over at least
-#: ACT_STAGES_FROM rows (H200, 2,048 tokens: 46.3 instead of 52.3 us; at 256 tokens, 3 to 4 rows
-#: per program, 8.0 instead of 6.6: Triton's default there)
+#: ACT_STAGES_FROM rows (H200, 2,048 tokens: 45.3 instead of 51.5 us; at 256 tokens, 3 to 4 rows
+#: per program, 6.7 instead of 6.2: Triton's default there)
 ACT_STAGES = 3
 ACT_STAGES_FROM = 8
 #: one multi-operand reduction per row (True: the GPU form) or one builtin reduction per
@@ -119,9 +119,9 @@ def _seen(e_ptr, pos, SKIP: tl.constexpr):
 def _finish(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BH: tl.constexpr):
     """Fold a program's max ``h`` / min ``lw`` (non-finite values mapped to infinities) at ``pos``.
     Finite (the normal case): at most two atomics, none where ``h`` / ``lw`` do not pass what
-    the row held at the program's start (``sh`` / ``sl``). Otherwise re-read the program's valid rows of the
-    tensor (as stored) and fold the exact finite max, min and NaN / Inf counts (the unfused
-    path's per-site reduction, one whole row per step)."""
+    the row held at the program's start (``sh`` / ``sl``). Otherwise re-read the program's
+    valid rows of the tensor (as stored) and fold the exact finite max, min and NaN / Inf
+    counts (the unfused path's per-site reduction, one whole row per step)."""
     if (h < float("inf")) & (lw > float("-inf")):
         fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
     else:
