@@ -1,7 +1,8 @@
 """`run_replay` on the real SmolLM2-135M: the whole-corpus rows and every domain's rows equal a
 transformers-hooks reference over exactly that domain's tokens, whatever the batching (one
 batch per domain; batches of 2 samples; a first batch of 2, then batches sized by measured
-throughput), and pre-tokenized ids give the same rows as text."""
+throughput; batches of a minimum token count with a short remainder merged; the defaults), and
+pre-tokenized ids give the same rows as text."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from vllm_maxact.sites import Kind, Site
 
 pytestmark = pytest.mark.slow
 LEN = 192
+MERGE_TOKENS = 2 * LEN + 16
 
 
 def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, smollm2_calibration, monkeypatch):
@@ -39,8 +41,10 @@ def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, sm
         ids = [tok(s.text).input_ids[:LEN] for s in samples]
         for name, kw in {
             "per_domain": dict(batch_samples=64, batch_seconds=None, targets=[LEN] * len(samples)),
-            "pairs": dict(batch_samples=2, batch_seconds=1e-9, token_ids=ids),
-            "sized": dict(batch_samples=2, batch_seconds=1e9, token_ids=ids),
+            "pairs": dict(batch_samples=2, batch_seconds=1e-9, min_batch_tokens=0, token_ids=ids),
+            "sized": dict(batch_samples=2, batch_seconds=1e9, min_batch_tokens=0, token_ids=ids),
+            "merged": dict(batch_samples=1, batch_seconds=1e-9, min_batch_tokens=MERGE_TOKENS, token_ids=ids),
+            "default": dict(token_ids=ids),
         }.items():
             calls: list[int] = []
             res = run_replay(llm, samples, model="smollm2", on_progress=lambda n, t, g, calls=calls: calls.append(n), **kw)
@@ -55,6 +59,21 @@ def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, sm
     # "sized": 2 samples, then the budget (throughput x 1e9 s) takes the rest of each domain.
     ns = list(sizes.values())
     assert runs["sized"][1] == [min(2, ns[0])] + ([ns[0] - 2] if ns[0] > 2 else []) + ns[1:]
+    # "merged": a call closes at MERGE_TOKENS tokens unless less than half that is left of its
+    # domain, which then joins it; "default" (16 scheduler steps): one call per domain here.
+    want: list[int] = []
+    for _d, ix in sorted(by_domain.items()):
+        lens = [len(ids[i]) for i in ix]
+        n = tok_in = 0
+        for j, k in enumerate(lens):
+            if n and tok_in >= MERGE_TOKENS and sum(lens[j:]) >= MERGE_TOKENS / 2:
+                want.append(n)
+                n = tok_in = 0
+            n, tok_in = n + 1, tok_in + k
+        want.append(n)
+    assert runs["merged"][1] == want
+    assert len(want) > len(sizes) and any(w >= 3 for w in want)  # the case shows both rules
+    assert runs["default"][1] == list(sizes.values())
 
     model = load_model(smollm2_dir, dtype=torch.float32)
     expect = {None: reference_stats_for_model(model, ids)}

@@ -79,11 +79,14 @@ def main() -> None:
 @click.option("--max-tokens", type=int, default=None, help="Truncate every sample to this many tokens.")
 @click.option("--buckets", default=None,
               help="Length buckets 'TOKENS:PERCENT,...'; 'study' = 256:1,512:1,1024:2,2048:3,4096:93.")
-@click.option("--batch-size", type=int, default=32, show_default=True,
-              help="Samples in the first engine call, and the fewest in any later one.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="The fewest samples in one engine call (with --batch-seconds 0: exactly this many).")
 @click.option("--batch-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Size later engine calls to take about this long (each ends with the engine drained); "
+              help="Size engine calls to take about this long (each ends with the engine drained); "
               "0 = every call --batch-size samples.")
+@click.option("--min-batch-tokens", type=click.IntRange(min=0), default=None,
+              help="The fewest tokens in one engine call when --batch-seconds is set "
+              "[default: 16 x the engine's max_num_batched_tokens].")
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
 @click.option("--dtype", default=None, help="Engine dtype (default: the model's).")
 @click.option("--max-model-len", type=int, default=None)
@@ -97,8 +100,8 @@ def main() -> None:
               "'default,attn_in,mlp_in' adds per-channel input maxima (for --format smoothquant).")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, batch_seconds, tensor_parallel_size, dtype,
-           max_model_len, engine_arg, int8_check, calib_samples, eval_samples, kinds, skip_bad,
+def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, batch_seconds, min_batch_tokens,
+           tensor_parallel_size, dtype, max_model_len, engine_arg, int8_check, calib_samples, eval_samples, kinds, skip_bad,
            quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
     from rich.console import Console
@@ -161,7 +164,7 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, b
 
     try:
         result = run_replay(llm, data, model=model, targets=targets, batch_samples=batch_size,
-                            batch_seconds=batch_seconds or None, out=out,
+                            batch_seconds=batch_seconds or None, min_batch_tokens=min_batch_tokens, out=out,
                             on_progress=progress, int8_check=int8_check, calib_samples=calib_samples,
                             eval_samples=eval_samples)
     except ReplayError as e:

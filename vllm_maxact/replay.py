@@ -23,6 +23,10 @@ from vllm_maxact.export.arrow import SCHEMA, merge_ranks, rows_from_stats, write
 from vllm_maxact.int8 import headroom
 from vllm_maxact.sites import Kind, Site
 
+#: With ``batch_seconds`` set, a replay batch holds at least this many full scheduler steps of
+#: tokens (``max_num_batched_tokens`` each), so the fixed cost of its end stays small.
+MIN_BATCH_STEPS = 16
+
 
 class ReplayError(RuntimeError):
     pass
@@ -66,7 +70,9 @@ def truncate(
         cap = limit if targets is None else min(limit, targets[i])
         if len(t) > limit:
             truncated += 1
-        ids.append(list(t[:cap]))
+        # The caller's list as it is where nothing is cut (never modified here): copying every
+        # sample is a measurable share of a short-prompt corpus's replay time on a fast GPU.
+        ids.append(t if len(t) <= cap and type(t) is list else list(t[:cap]))
     return ids, truncated
 
 
@@ -95,6 +101,7 @@ def run_replay(
     targets: Sequence[int] | None = None,
     batch_samples: int = 32,
     batch_seconds: float | None = 10.0,
+    min_batch_tokens: int | None = None,
     token_ids: Sequence[Sequence[int]] | None = None,
     out: Path | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
@@ -104,13 +111,17 @@ def run_replay(
 ) -> ReplayResult:
     """Replay ``samples`` through an already built ``llm`` (plugin active, prefix caching off).
 
-    Batches never mix domains. The first holds ``batch_samples`` samples; later ones are sized to
-    take about ``batch_seconds`` at the throughput measured so far (at least ``batch_samples``
-    samples, unless the domain ends first): every batch ends with the engine drained and the
-    window read, a fixed cost that a fast GPU would otherwise pay every few hundred
-    milliseconds, while the progress callback still comes every few seconds. ``batch_seconds=None`` keeps every batch at
-    ``batch_samples`` samples. ``token_ids`` (one list per sample) skips tokenization, e.g. for
-    pre-tokenized corpora or engines built with ``skip_tokenizer_init``."""
+    Batches (one ``generate`` call each) never mix domains. Every batch ends with the engine
+    drained and the window read, a fixed cost (a part-filled last step, the ramp-up of the next
+    call, one RPC) that a fast GPU would otherwise pay every few hundred milliseconds; so, with
+    ``batch_seconds`` set, a batch holds at least ``batch_samples`` samples and at least
+    ``min_batch_tokens`` tokens (default: 16 full scheduler steps, ``max_num_batched_tokens``
+    each), later batches are sized to take about ``batch_seconds`` at the throughput measured so
+    far, and a domain's remainder shorter than half a batch joins the batch before it rather
+    than making a short one of its own. The progress callback still comes every few seconds.
+    ``batch_seconds=None`` keeps every batch at ``batch_samples`` samples. ``token_ids`` (one
+    list per sample) skips tokenization, e.g. for pre-tokenized corpora or engines built with
+    ``skip_tokenizer_init``."""
     from vllm import SamplingParams
 
     from vllm_maxact.api import collect
@@ -126,8 +137,12 @@ def run_replay(
         tokenizer = llm.get_tokenizer()
         token_ids = [tokenizer(s.text).input_ids for s in samples]
     ids, truncated = truncate(token_ids, limit=limit, targets=targets)
+    if min_batch_tokens is None:
+        steps = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        min_batch_tokens = MIN_BATCH_STEPS * steps
     collect(llm, reset=True)  # also checks that the plugin is recording
-    params = SamplingParams(max_tokens=1, temperature=0.0)
+    # One output token, never detokenized: only the prompt's forward is of interest.
+    params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
 
     # With the INT-8 check the corpus runs in three phases (the study's split): calibrate on the
     # first N samples, evaluate on the next M, then the rest; each phase is grouped by domain.
@@ -173,8 +188,14 @@ def run_replay(
         batch.clear()
         batch_tokens = 0
 
-    def full() -> bool:
-        return len(batch) >= batch_samples and (budget is None or batch_tokens >= budget)
+    def full(rest: int) -> bool:
+        """Whether the batch is complete, ``rest`` tokens of its domain (this phase) being left."""
+        if len(batch) < batch_samples:
+            return False
+        if batch_seconds is None:
+            return True
+        target = max(min_batch_tokens, budget or 0)
+        return batch_tokens >= target and rest >= target / 2
 
     for phase, idx in enumerate(phases):
         if int8_check and phase == 0:
@@ -185,8 +206,13 @@ def run_replay(
         if int8_check and phase == 2:
             _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
             int8_result = _int8_lifetime(collect(llm), thresholds)
-        for i in sorted(idx, key=lambda i: (samples[i].domain or "", i)):
-            if batch and (samples[i].domain != samples[batch[0]].domain or full()):
+        order = sorted(idx, key=lambda i: (samples[i].domain or "", i))
+        rest = [0] * (len(order) + 1)  # tokens of the same domain from position j on
+        for j in range(len(order) - 1, -1, -1):
+            same = j + 1 < len(order) and samples[order[j + 1]].domain == samples[order[j]].domain
+            rest[j] = len(ids[order[j]]) + (rest[j + 1] if same else 0)
+        for j, i in enumerate(order):
+            if batch and (samples[i].domain != samples[batch[0]].domain or full(rest[j])):
                 flush()
             batch.append(i)
             batch_tokens += len(ids[i])
