@@ -13,11 +13,17 @@ Two corpora of random token ids (the weights are random, so text would add nothi
           `vllm_maxact.corpus.STUDY_BUCKETS`), ``--study-samples`` samples
   short   ``--short-samples`` samples of 32..256 tokens (uniform)
 
-Timed per repetition, alternated (plain, maxact, plain, ...), after one untimed warm-up each:
+Timed per repetition, alternated (plain, maxact, maxact_split, plain, ...), after one untimed
+warm-up each:
 
-  plain   one ``llm.generate`` over every prompt, ``max_tokens=1`` (the best plain vLLM does)
-  maxact  ``vllm_maxact.replay.run_replay`` over the same token ids (what ``vllm-maxact replay``
-          does: batches, each ending with the recorder's window read back; the Arrow table built)
+  plain         one ``llm.generate`` over every prompt, ``max_tokens=1`` (the best plain vLLM does)
+  maxact        ``vllm_maxact.replay.run_replay`` over the same token ids with its defaults (what
+                ``vllm-maxact replay`` does: batches of at least 16 scheduler steps sized to about
+                ``--batch-seconds``, each ending with the recorder's window read back; the Arrow
+                table built); a corpus of a few seconds is one batch
+  maxact_split  the same, cut into calls of about ``--split-seconds`` (``min_batch_tokens=0``):
+                its extra time over its extra calls prices one batch boundary, which a corpus
+                longer than one batch pays every ``--batch-seconds``
 
 Prompt tokens/s are the corpus's tokens over the wall time of that call. Medians and the ratio
 maxact / plain are reported, plus the ratio to the transformers-hooks anchors measured on the
@@ -123,6 +129,9 @@ def main() -> None:
     ap.add_argument("--short-samples", type=int, default=2048)
     ap.add_argument("--mem", type=float, default=0.4, help="gpu_memory_utilization of each engine")
     ap.add_argument("--batch-seconds", type=float, default=10.0, help="run_replay's batch sizing (0: off)")
+    ap.add_argument("--split-seconds", type=float, default=1.0,
+                    help="also time replay cut into calls of about this long (min_batch_tokens=0), "
+                    "which prices one batch boundary (0: skip)")
     ap.add_argument("--quick", action="store_true", help="tiny corpora (CPU dry run)")
     args = ap.parse_args()
 
@@ -169,25 +178,30 @@ def main() -> None:
         save()
     sp = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
 
+    variants = ["plain", "maxact"] + (["maxact_split"] if args.split_seconds else [])
+
     def run(name: str, samples, ids) -> dict:
-        llm = engines[name]
+        llm = engines["plain" if name == "plain" else "maxact"]
         t0 = time.perf_counter()
         if name == "plain":
             outs = llm.generate([{"prompt_token_ids": t} for t in ids], sp, use_tqdm=False)
             n = sum(len(o.prompt_token_ids) for o in outs)
             extra = {}
         else:
+            calls: list[int] = []
+            kw = (dict(batch_seconds=args.split_seconds, min_batch_tokens=0) if name == "maxact_split"
+                  else dict(batch_seconds=args.batch_seconds or None))
             r = run_replay(llm, samples, model="llama3-8b-shape", token_ids=ids, targets=None,
-                           batch_seconds=args.batch_seconds or None)
+                           on_progress=lambda n, t, g: calls.append(n), **kw)
             n = r.tokens
-            extra = {"replay_tok_per_s": r.tokens_per_s, "rows": r.table.num_rows}
+            extra = {"replay_tok_per_s": r.tokens_per_s, "rows": r.table.num_rows, "calls": len(calls)}
         secs = time.perf_counter() - t0
         return {"seconds": secs, "prompt_tokens": n, "tok_per_s": n / secs, **extra}
 
     try:
         for wname, (samples, ids) in data.items():
             lens = [len(t) for t in ids]
-            entry = {"samples": len(ids), "tokens": sum(lens), "runs": {k: [] for k in engines},
+            entry = {"samples": len(ids), "tokens": sum(lens), "runs": {k: [] for k in variants},
                      "flops": flops(cfg, lens)}
             res["workloads"][wname] = entry
             k = max(1, len(ids) // 8)
@@ -195,7 +209,7 @@ def main() -> None:
                 r = run(name, samples[:k], ids[:k])
                 log(f"{wname}: warm-up {name} {r['tok_per_s']:.0f} tok/s")
             for rep in range(args.reps):
-                for name in engines:
+                for name in variants:
                     r = run(name, samples, ids)
                     r["rep"] = rep
                     entry["runs"][name].append(r)
@@ -206,13 +220,20 @@ def main() -> None:
             entry["ratio"] = med["maxact"] / med["plain"]
             entry["pair_ratios"] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
                                     zip(entry["runs"]["plain"], entry["runs"]["maxact"], strict=True)]
+            if "maxact_split" in med:
+                # One batch boundary's price: the split run's extra time over its extra calls.
+                split, whole = entry["runs"]["maxact_split"], entry["runs"]["maxact"]
+                extra_calls = statistics.median(x["calls"] for x in split) - statistics.median(x["calls"] for x in whole)
+                extra_s = statistics.median(x["seconds"] for x in split) - statistics.median(x["seconds"] for x in whole)
+                entry["split"] = {"ratio": med["maxact_split"] / med["plain"], "extra_calls": extra_calls,
+                                  "seconds_per_boundary": extra_s / extra_calls if extra_calls else None}
             entry["vs_hf_hooks_anchor"] = med["maxact"] / HF_HOOKS_ANCHOR[wname]
             entry["plain_vs_anchor"] = med["plain"] / PLAIN_ANCHOR[wname]
             secs = entry["tokens"] / med["maxact"]
             entry["tflops_maxact"] = entry["flops"] / secs / 1e12
             entry["tflops_plain"] = entry["flops"] / (entry["tokens"] / med["plain"]) / 1e12
             log(f"{wname}: median plain {med['plain']:.0f}, maxact {med['maxact']:.0f}, ratio {entry['ratio']:.4f}, "
-                f"pairs {[round(x, 4) for x in entry['pair_ratios']]}")
+                f"pairs {[round(x, 4) for x in entry['pair_ratios']]}, split {entry.get('split')}")
             save()
     except Exception:
         import traceback
@@ -237,7 +258,7 @@ def main() -> None:
     res["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     save()
     print(json.dumps({k: {x: v.get(x) for x in ("samples", "tokens", "median_tok_per_s", "ratio", "pair_ratios",
-                                               "vs_hf_hooks_anchor", "maxact_of_ceiling", "plain_of_ceiling")}
+                                               "split", "vs_hf_hooks_anchor", "maxact_of_ceiling", "plain_of_ceiling")}
                       for k, v in res["workloads"].items()}, indent=1), flush=True)
     print("matmul ceiling:", res.get("matmul_ceiling"), "errors:", len(res["errors"]), flush=True)
 
