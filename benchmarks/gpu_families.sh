@@ -119,14 +119,18 @@ EOF
 # sampling"): 30 s before the limit, SIGABRT to the engine process, whose Python then prints
 # every thread's stack (PYTHONFAULTHANDLER) into families.log.
 export PYTHONFAULTHANDLER=1
-( sleep $((LIMIT > 60 ? LIMIT - 30 : LIMIT / 2)); pkill -ABRT -f EngineCore && echo "watchdog: SIGABRT to EngineCore" ) &
+# Its output goes to a file, not this script's stdout: a pipe reader of the script (`| tail`)
+# would otherwise wait for the sleep to end, i.e. LIMIT seconds even when pytest ends early.
+( sleep $((LIMIT > 60 ? LIMIT - 30 : LIMIT / 2)); pkill -ABRT -f EngineCore && echo "watchdog: SIGABRT to EngineCore" ) \
+  > "$OUT/watchdog.log" 2>&1 < /dev/null &
 WATCHDOG=$!
 # -s: vLLM's own log reaches families.log as it runs (a start-up that never ends shows where).
 timeout -k 15 "$LIMIT" python3 -P -m pytest -p no:cacheprovider -o addopts= -o junit_family=xunit1 ${STOP:+-x} -q -rs -s \
   tests/test_engine_families_more.py -k "test_family_sites_match_transformers and ($K)" \
   --junitxml="$OUT/families.xml" 2>&1 | tee "$OUT/families.log" | grep -v "^(EngineCore\|^(Worker\|^INFO\|^WARNING\|^DEBUG" | tail -40
 rc=${PIPESTATUS[0]}
-kill "$WATCHDOG" 2>/dev/null
+pkill -P "$WATCHDOG" 2>/dev/null; kill "$WATCHDOG" 2>/dev/null
+cat "$OUT/watchdog.log" 2>/dev/null
 echo "pytest exit: $rc"
 python3 -P - "$OUT/families.xml" <<'EOF' || true
 import sys, xml.etree.ElementTree as ET

@@ -2,6 +2,7 @@
 
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -72,6 +73,92 @@ def test_windows_and_lifetime(hot_path):
     assert rec.recent().max[1] == 5.0
     rec.reset()
     assert rec.lifetime.tokens == 0 and rec.lifetime.max[1] == -math.inf
+
+
+@PATHS
+def test_queued_collect_lands_as_its_own_window(hot_path):
+    """`start_collect` (the publisher's tick after a step) takes the window as it stood when it
+    was queued; what later steps record goes to the next window, and nothing is lost or counted
+    twice whether the queued window lands by `poll` or by a reading `collect`."""
+    rec = make(hot_path)
+
+    def step(value: float, n: int) -> None:
+        rec.begin_step(n)
+        rec.record(1, torch.full((n, 2), value))
+        rec.end_step()
+
+    step(9.0, 3)
+    assert rec.start_collect() and rec.in_flight
+    step(2.0, 4)  # after the tick: not part of the queued window
+    assert not rec.start_collect()  # one window in flight at a time
+    assert rec.lifetime.tokens == 0  # nothing folded before it lands
+    assert rec.poll() and not rec.in_flight and not rec.poll()
+    assert (rec.lifetime.max[1], rec.lifetime.tokens) == (9.0, 3)
+    assert rec.windows[-1].max[1] == 9.0
+    win = rec.collect()
+    assert (win.max[1], win.min[1], win.tokens) == (2.0, 2.0, 4)
+    # A reading collect folds a queued window first, then its own.
+    step(7.0, 1)
+    assert rec.start_collect()
+    step(-3.0, 2)
+    win = rec.collect()
+    assert (win.max[1], win.min[1], win.tokens) == (-3.0, -3.0, 2)
+    assert (rec.lifetime.max[1], rec.lifetime.min[1], rec.lifetime.tokens) == (9.0, -3.0, 10)
+    span = rec.take_span()
+    assert (span.max[1], span.min[1], span.tokens) == (9.0, -3.0, 10)
+    # Reset drops a queued window: it was recorded before the reset.
+    step(50.0, 2)
+    assert rec.start_collect()
+    rec.reset()
+    assert not rec.in_flight and not rec.poll()
+    step(1.0, 1)
+    assert (rec.collect().max[1], rec.lifetime.max[1], rec.lifetime.tokens) == (1.0, 1.0, 1)
+
+
+def test_publisher_publishes_a_queued_window_when_it_lands(tmp_path, monkeypatch):
+    """The worker's publisher after each step: it queues the window's copy (never waiting for
+    the device), publishes it at a later step once it has landed, and a reading publish (the
+    idle loop's, when traffic stops) takes everything; the file never runs ahead of the data."""
+    import json
+    import types
+
+    from vllm_maxact.config import MaxActConfig
+    from vllm_maxact.export.runtime import HANDOFF
+    from vllm_maxact.publish import Publisher
+
+    monkeypatch.setenv(HANDOFF, str(tmp_path))
+    rec = make("cpu_op")
+    cfg = types.SimpleNamespace(model_config=types.SimpleNamespace(served_model_name="m", model="m"))
+    pub = Publisher(rec, cfg, MaxActConfig(publish_interval_s=600.0, async_collect=True))
+    try:
+        for _ in range(200):  # the publisher thread's announcement (sites, no data) comes first
+            if list(tmp_path.glob("worker-*.json")):
+                break
+            time.sleep(0.01)
+        with pub.lock:
+            pub.next_publish = 0.0  # the interval is up: the next step ticks
+        def step(value: float, n: int) -> dict:
+            with pub.lock:
+                rec.begin_step(n)
+                rec.record(1, torch.full((n, 2), value))
+                rec.end_step()
+                pub.after_step()
+            (f,) = tmp_path.glob("worker-*.json")
+            life = json.loads(f.read_text())["lifetime"]
+            return {"tokens": life["tokens"], "max": life["max"][1]}
+
+        assert step(9.0, 3)["tokens"] == 0  # queued, not landed: nothing published yet
+        assert rec.in_flight
+        assert step(2.0, 4) == {"tokens": 3, "max": 9.0}  # landed at the next step: published
+        assert not rec.in_flight  # and no new tick before the interval
+        assert step(11.0, 1) == {"tokens": 3, "max": 9.0}
+        with pub.lock:
+            pub.publish()  # the idle loop's publish once traffic stops
+        (f,) = tmp_path.glob("worker-*.json")
+        life = json.loads(f.read_text())["lifetime"]
+        assert (life["tokens"], life["max"][1]) == (8, 11.0)
+    finally:
+        pub.stop()
 
 
 def test_span_includes_what_the_publisher_collected():

@@ -42,6 +42,10 @@ class MaxActConfig(BaseSettings):
     publish_interval_s: float = Field(
         2.0, gt=0, description="How often the worker copies device statistics to the host."
     )
+    async_collect: bool = Field(
+        True, description="Queue the periodic copy to the host behind the step instead of waiting for "
+        "the device (published a step or so later); false: wait, as the API's reads always do."
+    )
     window_s: float = Field(60.0, gt=0, description="Length of the 'recent' window for window maxima.")
     snapshot_dir: Path | None = Field(None, description="Directory for periodic Arrow snapshots.")
     snapshot_interval_s: float = Field(60.0, gt=0, description="Seconds between periodic snapshots.")

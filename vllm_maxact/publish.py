@@ -140,10 +140,20 @@ class Publisher:
         self.thread.start()
 
     def after_step(self) -> None:
-        """Called with ``lock`` held, right after a step."""
+        """Called with ``lock`` held, right after a step (its work queued, maybe not done).
+
+        With ``async_collect`` the window's copy to the host is queued behind the step and
+        published at a later step, once it has landed: nothing here waits for the device, so
+        vLLM's asynchronous scheduling keeps preparing the next step while this one runs."""
         self.last_step = time.monotonic()
         self.dirty = True
-        if self.last_step >= self.next_publish:
+        if self.cfg.async_collect:
+            if self.rec.poll():
+                self.publish(collect=False)
+            if self.last_step >= self.next_publish and self.rec.start_collect():
+                self.dirty = False
+                self.next_publish = self.last_step + self.cfg.publish_interval_s
+        elif self.last_step >= self.next_publish:
             self.publish()
 
     def publish(self, collect: bool = True) -> None:
@@ -151,7 +161,7 @@ class Publisher:
         self.last_publish = time.monotonic()
         if collect:
             self.dirty = False
-            self.rec.collect()
+            self.rec.collect()  # folds in a window still in flight first
         if self.dir is None:
             return
         try:
@@ -176,11 +186,11 @@ class Publisher:
             now = time.monotonic()
             if now - self.last_step < interval / 2:
                 continue  # busy: the worker thread publishes after its steps
-            if self.dirty:
+            if self.dirty or self.rec.in_flight:
                 # Traffic stopped: publish the tail of the burst (real steps ran, so start-up
                 # capture is over and the device is idle).
                 with self.lock:
-                    if self.dirty:
+                    if self.dirty or self.rec.in_flight:
                         if getattr(self.device, "type", "cpu") == "cuda":
                             import torch
 

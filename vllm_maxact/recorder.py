@@ -235,6 +235,9 @@ class Recorder(nn.Module):
         self.windows: collections.deque[Stats] = collections.deque()
         self._window_start = time.time()
         self.last_collect = 0.0
+        #: a window `start_collect` queued for the host: (event, host buffers, tokens, start, end)
+        self._inflight: tuple | None = None
+        self._pinned: list[torch.Tensor] | None = None
 
     # -- inside the forward (traced into the compiled graph) --------------------------------
     def record(self, slot: int, x: torch.Tensor) -> None:
@@ -330,41 +333,111 @@ class Recorder(nn.Module):
                 g.qacc.zero_()
                 g.qcnt.zero_()
 
+    def _device_window(self) -> list[torch.Tensor]:
+        """The window's device buffers, concatenated over groups (queued on the current stream):
+        extrema, counts, then the channel rows and the INT-8 accumulators where present."""
+        bufs = [self._cat("extrema"), self._cat("counts")]
+        if self.chan_slots:
+            bufs.append(torch.cat([g.chan for g in self.groups if hasattr(g, "chan")]))
+        if self.int8:
+            bufs += [self._cat("qacc"), self._cat("qcnt")]
+        return bufs
+
+    def _fold(self, host: list[np.ndarray], tokens: int, start: float, now: float) -> Stats:
+        """Fold one window read to the host (``_device_window``'s arrays) into lifetime, span and
+        the recent windows. Called with ``_lock`` held."""
+        ext, cnt = host[0].astype(np.float64), host[1]
+        chan = None
+        if self.chan_slots:
+            rows = host[2]
+            chan = {sl: rows[i, : self._chan_width[sl]].astype(np.float64) for i, sl in enumerate(self.chan_slots)}
+        win = Stats(self.sites, ext[:, 0], ext[:, 1], cnt[:, 0], cnt[:, 1], tokens, start, now, chan or {})
+        self.last_collect = now
+        self.lifetime = self.lifetime.merge(win)
+        self.lifetime.end = now
+        self.span = self.span.merge(win)
+        if win.tokens:
+            self.windows.append(win)
+        while self.windows and self.windows[0].end < now - self.window_s:
+            self.windows.popleft()
+        if self.int8:
+            qa, qc = host[-2], host[-1]
+            self.int8_last = (qa, qc)
+            self.int8_lifetime = (self.int8_lifetime[0] + qa, self.int8_lifetime[1] + qc)
+            if win.tokens:
+                self.int8_windows.append((now, qa, qc))
+            while self.int8_windows and self.int8_windows[0][0] < now - self.window_s:
+                self.int8_windows.popleft()
+        return win
+
+    def _next_window(self) -> tuple[int, float, float]:
+        """Close the current window's bookkeeping: (its tokens, its start, now)."""
+        now = time.time()
+        out = (self._pending_tokens, self._window_start, now)
+        self._pending_tokens = 0
+        self._window_start = now
+        return out
+
     @torch.no_grad()
     def collect(self) -> Stats:
-        """Move the device window to the host and re-arm the buffers. Returns that window."""
+        """Move the device window to the host and re-arm the buffers (waits for the device).
+        Folds in a window that `start_collect` left in flight first. Returns this window."""
         with self._lock:
-            ext = self._cat("extrema").to("cpu").double().numpy()
-            cnt = self._cat("counts").to("cpu").numpy()
-            chan = None
-            if self.chan_slots:
-                rows = torch.cat([g.chan for g in self.groups if hasattr(g, "chan")]).to("cpu").numpy()
-                chan = {sl: rows[i, : self._chan_width[sl]].astype(np.float64) for i, sl in enumerate(self.chan_slots)}
-            if self.int8:
-                qa = self._cat("qacc").to("cpu").numpy()
-                qc = self._cat("qcnt").to("cpu").numpy()
+            self._land(wait=True)
+            host = [b.to("cpu").numpy() for b in self._device_window()]
             self._arm()
-            now = time.time()
-            win = Stats(self.sites, ext[:, 0], ext[:, 1], cnt[:, 0], cnt[:, 1], self._pending_tokens,
-                        self._window_start, now, chan or {})
-            self._pending_tokens = 0
-            self._window_start = now
-            self.last_collect = now
-            self.lifetime = self.lifetime.merge(win)
-            self.lifetime.end = now
-            self.span = self.span.merge(win)
-            if win.tokens:
-                self.windows.append(win)
-            while self.windows and self.windows[0].end < now - self.window_s:
-                self.windows.popleft()
-            if self.int8:
-                self.int8_last = (qa, qc)
-                self.int8_lifetime = (self.int8_lifetime[0] + qa, self.int8_lifetime[1] + qc)
-                if win.tokens:
-                    self.int8_windows.append((now, qa, qc))
-                while self.int8_windows and self.int8_windows[0][0] < now - self.window_s:
-                    self.int8_windows.popleft()
-            return win
+            return self._fold(host, *self._next_window())
+
+    @torch.no_grad()
+    def start_collect(self) -> bool:
+        """Queue the window's copy to the host and the re-arm behind the work already queued on
+        the current stream, without waiting for the device; `poll` folds the window in once the
+        copy has landed (any `collect` does so first). The periodic publisher uses it after a
+        step: waiting for the device there would leave it idle while the next step is prepared
+        (vLLM schedules asynchronously). On CUDA the copy goes to pinned host buffers, reused
+        (one window in flight at a time: returns False, doing nothing, while one is); on the CPU
+        it is an ordinary copy whose fold waits for the next `poll` all the same."""
+        with self._lock:
+            if self._inflight is not None:
+                return False
+            bufs = self._device_window()
+            cuda = bufs[0].device.type == "cuda"
+            if cuda:
+                if self._pinned is None or [b.shape for b in self._pinned] != [b.shape for b in bufs]:
+                    self._pinned = [torch.empty(b.shape, dtype=b.dtype, pin_memory=True) for b in bufs]
+                for h, b in zip(self._pinned, bufs, strict=True):
+                    h.copy_(b, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                host = self._pinned
+            else:
+                event, host = None, bufs  # torch.cat made them: the re-arm does not touch them
+            self._arm()
+            self._inflight = (event, host, *self._next_window())
+            return True
+
+    def poll(self, wait: bool = False) -> bool:
+        """Fold in the window `start_collect` left in flight if its copy has landed (``wait``:
+        block until it has). True if a window was folded in."""
+        with self._lock:
+            return self._land(wait)
+
+    def _land(self, wait: bool) -> bool:
+        if self._inflight is None:
+            return False
+        event, host, tokens, start, now = self._inflight
+        if event is not None:
+            if not wait and not event.query():
+                return False
+            event.synchronize()
+        self._inflight = None
+        # Copies out of the pinned buffers, which the next start_collect overwrites.
+        self._fold([h.numpy().copy() for h in host], tokens, start, now)
+        return True
+
+    @property
+    def in_flight(self) -> bool:
+        return self._inflight is not None
 
     def take_span(self) -> Stats:
         """Everything recorded since the previous call (or reset), including what the periodic
@@ -408,6 +481,7 @@ class Recorder(nn.Module):
     def reset(self) -> None:
         """Forget everything: device buffers, lifetime and windows."""
         with self._lock:
+            self._inflight = None  # its copy lands in buffers nobody reads before the next one
             self._arm()
             self._pending_tokens = 0
             self.lifetime = Stats.empty(self.sites)

@@ -214,16 +214,24 @@ def load_model(model_dir: str, *, dtype: torch.dtype = torch.bfloat16) -> nn.Mod
 
 
 def _auto_class(model_dir: str) -> Any:
-    """AutoModelForCausalLM where the model type has a causal-LM class (text models, and
-    Gemma 3 multimodal, whose causal-LM entry is `Gemma3ForConditionalGeneration`); otherwise
-    the image-text-to-text class (Qwen2-VL / Qwen2.5-VL: `*ForConditionalGeneration`, which
-    transformers does not list as a causal LM). Both hold the whole model, text backbone
-    included, and run text-only input ids."""
+    """The class the checkpoint names (``architectures`` in its config) where transformers has
+    it; otherwise AutoModelForCausalLM where the model type has a causal-LM class, else the
+    image-text-to-text class (Qwen2-VL / Qwen2.5-VL: `*ForConditionalGeneration`, which
+    transformers does not list as a causal LM). The named class matters for multimodal
+    checkpoints whose model type also has a text-only causal-LM class: some transformers
+    releases map ``qwen3_5`` to `Qwen3_5ForCausalLM`, which cannot be built from the multimodal
+    config (no top-level ``vocab_size``). Every choice holds the text backbone and runs
+    text-only input ids."""
+    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    model_type = getattr(AutoConfig.from_pretrained(model_dir), "model_type", None)
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    config = AutoConfig.from_pretrained(model_dir)
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None and hasattr(cls, "from_pretrained"):
+            return cls
+    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return AutoModelForCausalLM
     from transformers import AutoModelForImageTextToText
 
