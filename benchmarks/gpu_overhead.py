@@ -171,10 +171,12 @@ class Bench:
         (self.out / f"{self.args.label}.md").write_text(markdown(self.results))
 
     # -- engines
-    def build(self, name: str, *, enable: bool, eager: bool = False):
+    def build(self, name: str, *, enable: bool, eager: bool = False, env: dict | None = None):
         from vllm import LLM
 
         os.environ["VLLM_MAXACT_ENABLE"] = "1" if enable else "0"
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})  # read by the engine's spawned processes as they start
         kw = dict(
             model=str(self.args.model),
             load_format="dummy",
@@ -190,9 +192,16 @@ class Bench:
             kw["compilation_config"] = {"pass_config": {"fuse_allreduce_rms": False}}
         if self.args.max_model_len:
             kw["max_model_len"] = self.args.max_model_len
-        log(f"building engine {name} (plugin {'on' if enable else 'off'}, eager={eager})")
+        log(f"building engine {name} (plugin {'on' if enable else 'off'}, eager={eager}, env={env or {}})")
         t0 = time.perf_counter()
-        llm = LLM(**kw)
+        try:
+            llm = LLM(**kw)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         secs = time.perf_counter() - t0
         log(f"engine {name} ready in {secs:.1f} s")
         self.results["engines"][name] = {"enable": enable, "enforce_eager": eager, "startup_s": secs}
@@ -266,6 +275,13 @@ class Bench:
                 log(
                     f"{name}: median plain {med['plain']:.1f}, maxact {med['maxact']:.1f}, ratio {entry['ratio']:.4f}"
                 )
+            if "plain" in med and "maxact_sync" in med:
+                entry["ratio_sync"] = med["maxact_sync"] / med["plain"]
+                entry["pair_ratios_sync"] = [
+                    b["tok_per_s"] / a["tok_per_s"]
+                    for a, b in zip(entry["runs"]["plain"], entry["runs"]["maxact_sync"], strict=True)
+                ]
+                log(f"{name}: maxact_sync {med['maxact_sync']:.1f}, ratio {entry['ratio_sync']:.4f}")
             self.save()
 
     # -- where the time goes
@@ -453,6 +469,10 @@ def markdown(res: dict) -> str:
             f"| {name} (batch {w['batch']}, {w['prompt_len']}/{w['output_len']}) | {w['metric']} | "
             f"{med['plain']:.1f} | {med['maxact']:.1f} | {w['ratio']:.4f} | {pairs} |"
         )
+        if "ratio_sync" in w:
+            pairs = ", ".join(f"{x:.3f}" for x in w["pair_ratios_sync"])
+            lines.append(f"| {name}, collect waiting (`maxact_sync`) | {w['metric']} | {med['plain']:.1f} | "
+                         f"{med['maxact_sync']:.1f} | {w['ratio_sync']:.4f} | {pairs} |")
     for phase, c in res["correctness"].items():
         if isinstance(c, dict) and "summary" in c:
             s = c["summary"]
@@ -493,6 +513,12 @@ def main() -> None:
         help="folder with a vllm_maxact package to use if the instrumented engine fails to build",
     )
     ap.add_argument(
+        "--also-sync",
+        action="store_true",
+        help="also time a third engine whose periodic collect waits for the device "
+        "(VLLM_MAXACT_ASYNC_COLLECT=0), alternated with the other two; lower --mem to fit three",
+    )
+    ap.add_argument(
         "--v2-runner",
         action="store_true",
         help="leave vLLM's model-runner choice alone (0.26 picks the V2 runner for dense models)",
@@ -523,7 +549,7 @@ def main() -> None:
 
     # Correctness first (it is the part a time limit must not cut), with at most two engines
     # alive at once: instrumented + eager reference, then instrumented + plain for the timing.
-    plain = maxact = eager = None
+    plain = maxact = eager = sync = None
     try:
         try:
             maxact = bench.build("maxact", enable=True)
@@ -561,9 +587,13 @@ def main() -> None:
             bench.save()
             if any(checks["plain_has_recorder"]) or not all(checks["maxact_has_recorder"]):
                 raise RuntimeError(f"plugin switch not honoured: {checks}")
-            for llm in (plain, maxact):  # realistic values for the timed runs too (same seed)
+            timed = {"plain": plain, "maxact": maxact}
+            if args.also_sync:
+                sync = bench.build("maxact_sync", enable=True, env={"VLLM_MAXACT_ASYNC_COLLECT": "0"})
+                timed["maxact_sync"] = sync
+            for llm in timed.values():  # realistic values for the timed runs too (same seed)
                 llm.apply_model(randomize_weights)
-            bench.timing({"plain": plain, "maxact": maxact})
+            bench.timing(timed)
             if args.profile:
                 bench.profile({"plain": plain, "maxact": maxact})
             # Last, since a failed worker RPC may leave an engine unusable: the public API must
@@ -578,7 +608,7 @@ def main() -> None:
     bench.results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     bench.save()
     print(markdown(bench.results), flush=True)
-    for llm in (plain, maxact):
+    for llm in (plain, maxact, sync):
         if llm is not None:
             shutdown(llm)
 

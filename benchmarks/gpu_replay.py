@@ -24,6 +24,8 @@ warm-up each:
   maxact_split  the same, cut into calls of about ``--split-seconds`` (``min_batch_tokens=0``):
                 its extra time over its extra calls prices one batch boundary, which a corpus
                 longer than one batch pays every ``--batch-seconds``
+  maxact_sync   (``--also-sync``) ``maxact`` on a third engine whose periodic collect waits for
+                the device (``VLLM_MAXACT_ASYNC_COLLECT=0``, the behaviour before 2026-12-03)
 
 Prompt tokens/s are the corpus's tokens over the wall time of that call. Medians and the ratio
 maxact / plain are reported, plus the ratio to the transformers-hooks anchors measured on the
@@ -132,6 +134,9 @@ def main() -> None:
     ap.add_argument("--split-seconds", type=float, default=1.0,
                     help="also time replay cut into calls of about this long (min_batch_tokens=0), "
                     "which prices one batch boundary (0: skip)")
+    ap.add_argument("--also-sync", action="store_true",
+                    help="also time replay on a third engine whose periodic collect waits for the device "
+                    "(VLLM_MAXACT_ASYNC_COLLECT=0); lower --mem to fit three engines")
     ap.add_argument("--quick", action="store_true", help="tiny corpora (CPU dry run)")
     args = ap.parse_args()
 
@@ -166,8 +171,10 @@ def main() -> None:
     data = corpora(args, cfg["vocab_size"])
     max_len = max(len(t) for _, ids in data.values() for t in ids)
     engines = {}
-    for name, enable in (("plain", "0"), ("maxact", "1")):
+    builds = [("plain", "0", "1"), ("maxact", "1", "1")] + ([("maxact_sync", "1", "0")] if args.also_sync else [])
+    for name, enable, async_collect in builds:
         os.environ["VLLM_MAXACT_ENABLE"] = enable
+        os.environ["VLLM_MAXACT_ASYNC_COLLECT"] = async_collect  # read by the spawned engine processes
         t0 = time.perf_counter()
         engines[name] = LLM(str(args.model), load_format="dummy", skip_tokenizer_init=True, seed=0,
                             enable_prefix_caching=False, max_model_len=max_len + 1,
@@ -178,10 +185,11 @@ def main() -> None:
         save()
     sp = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
 
-    variants = ["plain", "maxact"] + (["maxact_split"] if args.split_seconds else [])
+    variants = ["plain", "maxact"] + (["maxact_split"] if args.split_seconds else []) + \
+        (["maxact_sync"] if args.also_sync else [])
 
     def run(name: str, samples, ids) -> dict:
-        llm = engines["plain" if name == "plain" else "maxact"]
+        llm = engines[name if name in engines else "maxact"]
         t0 = time.perf_counter()
         if name == "plain":
             outs = llm.generate([{"prompt_token_ids": t} for t in ids], sp, use_tqdm=False)
@@ -205,7 +213,7 @@ def main() -> None:
                      "flops": flops(cfg, lens)}
             res["workloads"][wname] = entry
             k = max(1, len(ids) // 8)
-            for name in engines:  # warm-up on an eighth of the corpus
+            for name in engines:  # warm-up on an eighth of the corpus (each engine once)
                 r = run(name, samples[:k], ids[:k])
                 log(f"{wname}: warm-up {name} {r['tok_per_s']:.0f} tok/s")
             for rep in range(args.reps):
@@ -227,6 +235,10 @@ def main() -> None:
                 extra_s = statistics.median(x["seconds"] for x in split) - statistics.median(x["seconds"] for x in whole)
                 entry["split"] = {"ratio": med["maxact_split"] / med["plain"], "extra_calls": extra_calls,
                                   "seconds_per_boundary": extra_s / extra_calls if extra_calls else None}
+            if "maxact_sync" in med:
+                entry["ratio_sync"] = med["maxact_sync"] / med["plain"]
+                entry["pair_ratios_sync"] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
+                                             zip(entry["runs"]["plain"], entry["runs"]["maxact_sync"], strict=True)]
             entry["vs_hf_hooks_anchor"] = med["maxact"] / HF_HOOKS_ANCHOR[wname]
             entry["plain_vs_anchor"] = med["plain"] / PLAIN_ANCHOR[wname]
             secs = entry["tokens"] / med["maxact"]
@@ -258,7 +270,7 @@ def main() -> None:
     res["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     save()
     print(json.dumps({k: {x: v.get(x) for x in ("samples", "tokens", "median_tok_per_s", "ratio", "pair_ratios",
-                                               "split", "vs_hf_hooks_anchor", "maxact_of_ceiling", "plain_of_ceiling")}
+                                               "split", "ratio_sync", "vs_hf_hooks_anchor", "maxact_of_ceiling", "plain_of_ceiling")}
                       for k, v in res["workloads"].items()}, indent=1), flush=True)
     print("matmul ceiling:", res.get("matmul_ceiling"), "errors:", len(res["errors"]), flush=True)
 
