@@ -16,6 +16,19 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_MAXACT_PUBLISH_INTERVAL_S", "0.5")
 sys.path.insert(0, str(Path(__file__).parent))
 
+#: Opt-in (``MAXACT_TEST_TORCHVISION_STUB=1``): where torchvision is absent, put the import stub
+#: in tests/stubs first on the path of this process and of every process it starts (vLLM's
+#: engine, workers and model-registry subprocess), so the families whose vLLM model modules
+#: import it (test_engine_families_more.NEEDS_TORCHVISION) are served text-only on a CPU machine.
+TORCHVISION_STUB_ENV = "MAXACT_TEST_TORCHVISION_STUB"
+if os.environ.get(TORCHVISION_STUB_ENV) == "1":
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        _stubs = str(Path(__file__).parent / "stubs")
+        sys.path.insert(0, _stubs)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_stubs, os.environ.get("PYTHONPATH")) if p)
+
 
 @pytest.fixture(autouse=True)
 def _restore_maxact_environment():

@@ -68,7 +68,8 @@ FAMILIES = {
 #: install.sh removes torchvision on CPU machines (the registry's wheels are CUDA builds; with
 #: torch 2.13.0+cpu their import fails: "operator torchvision::nms does not exist"), so these
 #: cases are skipped there and run wherever torchvision imports (GPU machines:
-#: benchmarks/gpu_families.sh).
+#: benchmarks/gpu_families.sh), or on CPU machines with the opt-in import stub
+#: (MAXACT_TEST_TORCHVISION_STUB=1, tests/stubs/torchvision).
 NEEDS_TORCHVISION = {"qwen3_5", "qwen3_5_moe", "qwen2_5_vl", "gemma3_mm", "qwen3_5_mm", "qwen3_5_moe_mm"}
 
 #: Multimodal wrappers are served text-only: `language_model_only=True` (vLLM >= 0.26) sets every
@@ -159,6 +160,14 @@ OVERRIDES = {
 #: bf16 implementation can match either within 4%. Two layers still have every site kind.
 LAYERS = {"gemma2": 2}
 
+#: Engine dtype per arch where bf16 arithmetic on the tiny random model drifts past the
+#: tolerance from both transformers references at one massive channel (not a recording error):
+#: Qwen2.5-VL's layer-3 residual / mlp_out max 8% off in bf16 (H200 and CPU alike), within 3% as
+#: float32; Gemma 3 multimodal's layer-3 mlp_out 22% off the bf16 reference on the CPU build,
+#: within the float32 reference's tolerance as float32 (CPU, 2026-12-03). Overrides the dtype of
+#: MAXACT_TEST_ENGINE_ARGS.
+ENGINE_DTYPE = {"qwen2_5_vl": "float32", "gemma3_mm": "float32"}
+
 
 @pytest.fixture(scope="module")
 def family_model(tmp_path_factory, tokenizer_dir):
@@ -180,7 +189,8 @@ def skip_unservable(arch: str) -> None:
         pytest.importorskip(
             "torchvision.transforms.v2",
             reason=f"needs torchvision: vLLM's {arch} model module imports transformers' image processor, "
-            "which imports torchvision (removed on CPU machines)",
+            "which imports torchvision (removed on CPU machines; MAXACT_TEST_TORCHVISION_STUB=1 serves it "
+            "text-only with an import stub)",
         )
     if arch in NEEDS_REGISTERED:
         import vllm
@@ -197,7 +207,10 @@ def test_family_sites_match_transformers(arch, family_model, record_property):
     model_dir = family_model(arch)
     toks = token_lists()
     t0 = time.monotonic()
-    llm = build_llm(model_dir, **({"language_model_only": True} if arch in MULTIMODAL else {}))
+    kw = {"language_model_only": True} if arch in MULTIMODAL else {}
+    if arch in ENGINE_DTYPE:
+        kw["dtype"] = ENGINE_DTYPE[arch]
+    llm = build_llm(model_dir, **kw)
     try:
         vllm_maxact.reset_stats(llm)
         prompt_only(llm, toks)
