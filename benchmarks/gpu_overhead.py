@@ -38,6 +38,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "configs" / "llama3-8b"
@@ -175,8 +176,6 @@ class Bench:
         from vllm import LLM
 
         os.environ["VLLM_MAXACT_ENABLE"] = "1" if enable else "0"
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})  # read by the engine's spawned processes as they start
         kw = dict(
             model=str(self.args.model),
             load_format="dummy",
@@ -194,14 +193,8 @@ class Bench:
             kw["max_model_len"] = self.args.max_model_len
         log(f"building engine {name} (plugin {'on' if enable else 'off'}, eager={eager}, env={env or {}})")
         t0 = time.perf_counter()
-        try:
+        with mock.patch.dict(os.environ, env or {}):  # read by the engine's processes as they start
             llm = LLM(**kw)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         secs = time.perf_counter() - t0
         log(f"engine {name} ready in {secs:.1f} s")
         self.results["engines"][name] = {"enable": enable, "enforce_eager": eager, "startup_s": secs}
@@ -265,23 +258,17 @@ class Bench:
                     )
             med = {k: statistics.median(x["tok_per_s"] for x in v) for k, v in entry["runs"].items()}
             entry["median_tok_per_s"] = med
-            if "plain" in med and "maxact" in med:
-                entry["ratio"] = med["maxact"] / med["plain"]
+            for label, suffix in (("maxact", ""), ("maxact_sync", "_sync")):
+                if "plain" not in med or label not in med:
+                    continue
+                entry["ratio" + suffix] = med[label] / med["plain"]
                 # per-repetition ratios (pairs run back to back) show the noise
-                entry["pair_ratios"] = [
+                entry["pair_ratios" + suffix] = [
                     b["tok_per_s"] / a["tok_per_s"]
-                    for a, b in zip(entry["runs"]["plain"], entry["runs"]["maxact"], strict=True)
+                    for a, b in zip(entry["runs"]["plain"], entry["runs"][label], strict=True)
                 ]
-                log(
-                    f"{name}: median plain {med['plain']:.1f}, maxact {med['maxact']:.1f}, ratio {entry['ratio']:.4f}"
-                )
-            if "plain" in med and "maxact_sync" in med:
-                entry["ratio_sync"] = med["maxact_sync"] / med["plain"]
-                entry["pair_ratios_sync"] = [
-                    b["tok_per_s"] / a["tok_per_s"]
-                    for a, b in zip(entry["runs"]["plain"], entry["runs"]["maxact_sync"], strict=True)
-                ]
-                log(f"{name}: maxact_sync {med['maxact_sync']:.1f}, ratio {entry['ratio_sync']:.4f}")
+                log(f"{name}: median plain {med['plain']:.1f}, {label} {med[label]:.1f}, "
+                    f"ratio {entry['ratio' + suffix]:.4f}")
             self.save()
 
     # -- where the time goes

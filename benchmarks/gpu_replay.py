@@ -225,9 +225,11 @@ def main() -> None:
                 save()
             med = {n: statistics.median(x["tok_per_s"] for x in v) for n, v in entry["runs"].items()}
             entry["median_tok_per_s"] = med
-            entry["ratio"] = med["maxact"] / med["plain"]
-            entry["pair_ratios"] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
-                                    zip(entry["runs"]["plain"], entry["runs"]["maxact"], strict=True)]
+            for label, suffix in (("maxact", ""), ("maxact_sync", "_sync")):
+                if label in med:
+                    entry["ratio" + suffix] = med[label] / med["plain"]
+                    entry["pair_ratios" + suffix] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
+                                                     zip(entry["runs"]["plain"], entry["runs"][label], strict=True)]
             if "maxact_split" in med:
                 # One batch boundary's price: the split run's extra time over its extra calls.
                 split, whole = entry["runs"]["maxact_split"], entry["runs"]["maxact"]
@@ -235,10 +237,11 @@ def main() -> None:
                 extra_s = statistics.median(x["seconds"] for x in split) - statistics.median(x["seconds"] for x in whole)
                 entry["split"] = {"ratio": med["maxact_split"] / med["plain"], "extra_calls": extra_calls,
                                   "seconds_per_boundary": extra_s / extra_calls if extra_calls else None}
-            if "maxact_sync" in med:
-                entry["ratio_sync"] = med["maxact_sync"] / med["plain"]
-                entry["pair_ratios_sync"] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
-                                             zip(entry["runs"]["plain"], entry["runs"]["maxact_sync"], strict=True)]
+            for label, suffix in (("maxact", ""), ("maxact_sync", "_sync")):
+                if label in med:
+                    entry["ratio" + suffix] = med[label] / med["plain"]
+                    entry["pair_ratios" + suffix] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
+                                                     zip(entry["runs"]["plain"], entry["runs"][label], strict=True)]
             entry["vs_hf_hooks_anchor"] = med["maxact"] / HF_HOOKS_ANCHOR[wname]
             entry["plain_vs_anchor"] = med["plain"] / PLAIN_ANCHOR[wname]
             secs = entry["tokens"] / med["maxact"]

@@ -431,8 +431,9 @@ class Recorder(nn.Module):
                 return False
             event.synchronize()
         self._inflight = None
-        # Copies out of the pinned buffers, which the next start_collect overwrites.
-        self._fold([h.numpy().copy() for h in host], tokens, start, now)
+        # On CUDA, copies out of the pinned buffers, which the next start_collect overwrites
+        # (on the CPU the buffers were made for this window alone).
+        self._fold([h.numpy().copy() if event is not None else h.numpy() for h in host], tokens, start, now)
         return True
 
     @property

@@ -207,16 +207,15 @@ def run_replay(
         if int8_check and phase == 2:
             _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
             int8_result = _int8_lifetime(collect(llm), thresholds)
-        order = sorted(idx, key=lambda i: (samples[i].domain or "", i))
-        rest = [0] * (len(order) + 1)  # tokens of the same domain from position j on
-        for j in range(len(order) - 1, -1, -1):
-            same = j + 1 < len(order) and samples[order[j + 1]].domain == samples[order[j]].domain
-            rest[j] = len(ids[order[j]]) + (rest[j + 1] if same else 0)
-        for j, i in enumerate(order):
-            if batch and (samples[i].domain != samples[batch[0]].domain or full(rest[j])):
+        left: dict[str | None, int] = {}  # tokens of each domain not yet batched (this phase)
+        for i in idx:
+            left[samples[i].domain] = left.get(samples[i].domain, 0) + len(ids[i])
+        for i in sorted(idx, key=lambda i: (samples[i].domain or "", i)):
+            if batch and (samples[i].domain != samples[batch[0]].domain or full(left[samples[i].domain])):
                 flush()
             batch.append(i)
             batch_tokens += len(ids[i])
+            left[samples[i].domain] -= len(ids[i])
         flush()
     if int8_check and int8_result is None:
         _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
