@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import sys
 import types
 from pathlib import Path
@@ -45,9 +46,12 @@ KERNELS = {
     "skip": ("vllm_maxact/ops_norm.py", "relaxed", {"SKIP_SEEN": 1 << 30}),
     "p16": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 16}),
     "p32": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 32}),
-    # SiLU-and-mul's loop pipelined at every size / never
-    "st3": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES_FROM": 0}),
-    "st0": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": None}),
+    # the norm's next row in flight while it reduces the current one: Triton's pipelining (2 / 3
+    # stages, from 8 rows per program) or loads into registers (from 1 / 8 rows per program)
+    "nst2": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_STAGES": 2}),
+    "nst3": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_STAGES": 3}),
+    "pf": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_PREFETCH_FROM": 1}),
+    "pf8": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_PREFETCH_FROM": 8}),
     # fewer SiLU-and-mul programs per row block, so fewer atomics on the same two addresses
     "p2": ("vllm_maxact/ops_norm.py", "relaxed", {"PROGRAMS_PER_SM": 2}),
     "c512t4": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_C": 512, "ACT_BLOCK_T": 4}),
@@ -110,7 +114,7 @@ def armed(dev) -> tuple[torch.Tensor, torch.Tensor]:
     return ext, torch.zeros(4, 2, dtype=torch.int64, device=dev)
 
 
-def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
+def measure(T, ops, cnorm, csilu, dev, record_triton=None, rounds: int = 3) -> dict:
     x = torch.randn(T, H, device=dev, dtype=torch.bfloat16)
     r = torch.randn(T, H, device=dev, dtype=torch.bfloat16) * 30
     w = torch.randn(H, device=dev, dtype=torch.bfloat16)
@@ -118,17 +122,23 @@ def measure(T, ops, cnorm, csilu, dev, record_triton=None) -> dict:
     nv = torch.tensor([T], device=dev)
     ext, cnt = armed(dev)
     ext2, cnt2 = armed(dev)
-    row = {"tokens": T,
-           "norm_inductor_us": graph_us(lambda: cnorm(x, r, w)),
-           "silu_inductor_us": graph_us(lambda: csilu(gu))}
+    fns = {"norm_inductor_us": lambda: cnorm(x, r, w), "silu_inductor_us": lambda: csilu(gu)}
     for sem in ops:  # the kernel set's tag
         op = getattr(torch.ops, f"maxact_{sem}")
-        row[f"norm_rec_{sem}_us"] = graph_us(lambda op=op: op.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, None, None, -1))
-        row[f"norm_rec3_{sem}_us"] = graph_us(lambda op=op: op.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, ext2, cnt2, 0))
-        row[f"silu_rec_{sem}_us"] = graph_us(lambda op=op: op.silu_and_mul_rec(gu, nv, ext, cnt, 2))
+        fns[f"norm_rec_{sem}_us"] = lambda op=op: op.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, None, None, -1)
+        fns[f"norm_rec3_{sem}_us"] = lambda op=op: op.rms_norm_rec(x, r, w, EPS, nv, ext, cnt, 0, 1, ext2, cnt2, 0)
+        fns[f"silu_rec_{sem}_us"] = lambda op=op: op.silu_and_mul_rec(gu, nv, ext, cnt, 2)
     if record_triton is not None:  # the unfused path: one extra kernel per layer reading 4 sites
         sites = [x, r, x, gu[:, :INTER]]
-        row["record_triton_4sites_us"] = graph_us(lambda: record_triton(ext2, cnt2, nv, [0, 1, 2, 3], sites))
+        fns["record_triton_4sites_us"] = lambda: record_triton(ext2, cnt2, nv, [0, 1, 2, 3], sites)
+    # Rounds over every kernel in turn, the median per kernel: timing each kernel set once, in
+    # sequence, once put 12 % between two sets that compile to the same code.
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(graph_us(fn))
+    row = {"tokens": T, **{k: statistics.median(v) for k, v in times.items()},
+           "rounds": {k: v for k, v in times.items()}}
     # what each kernel set computes equals the native ops, and what it records equals the truth
     o0, r0 = native_add_rms_norm(x, r, w)
     s0 = native_silu_and_mul(gu).float()
@@ -168,17 +178,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--tokens", default="1,64,256,2048,16384")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernel sets (`KERNELS`)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternated timings of every kernel (median)")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    ops = {tag: load_ops(tag) for tag in KERNELS}
+    ops = {tag: load_ops(tag) for tag in args.kernels.split(",")}
     cnorm = torch.compile(native_add_rms_norm, dynamic=False)
     csilu = torch.compile(native_silu_and_mul, dynamic=False)
     rt = load_record_triton()
     rows = []
     for T in (int(t) for t in args.tokens.split(",")):
-        rows.append(measure(T, ops, cnorm, csilu, dev, rt))
+        rows.append(measure(T, ops, cnorm, csilu, dev, rt, args.rounds))
         print(json.dumps(rows[-1]), flush=True)
-    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    out = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": __import__("triton").__version__, "layers_per_graph": LAYERS, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -24,6 +24,23 @@ def form(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["gpu_form", "interpreter_form", "prefetch_form"])
+def norm_form(request, monkeypatch):
+    """`form`, plus the GPU form with the norm loading each program's next row ahead
+    (`ops_norm.NORM_PREFETCH_FROM`, and the loop's pipelining stages, which the interpreter
+    accepts and ignores), for every row count, one row per program included."""
+    from vllm_maxact import ops_norm
+
+    gpu = request.param != "interpreter_form"
+    monkeypatch.setattr(ops_norm, "MULTI_REDUCE", gpu)
+    monkeypatch.setattr(ops_norm, "ACT_BLOCK_T_INTERPRET", ops_norm.ACT_BLOCK_T if gpu else 8)
+    if request.param == "prefetch_form":
+        monkeypatch.setattr(ops_norm, "NORM_PREFETCH_FROM", 1)
+        monkeypatch.setattr(ops_norm, "NORM_STAGES", 2)
+        monkeypatch.setattr(ops_norm, "NORM_STAGES_FROM", 1)
+    return request.param
+
+
 def _truth(x: torch.Tensor, n: int) -> tuple[float, float, int, int]:
     x2 = x.reshape(-1, x.shape[-1])[:n].double()
     fin = torch.isfinite(x2)
@@ -82,7 +99,7 @@ def _same_within_one_ulp(got: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tokens,valid", [(1, 1), (5, 3), (37, 37), (40, 0), (300, 299)])
-def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype, form):
+def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype, norm_form):
     """The fused add + RMSNorm with recording: outputs equal vLLM's native implementation; x,
     the sum (as stored) and the output are folded at their positions of two groups, NaN / Inf
     counted, padding rows (a huge value in the last one) ignored, other positions untouched.
@@ -111,7 +128,7 @@ def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype, fo
         assert float(e[pos, 0]) == float("-inf") and float(e[pos, 1]) == float("inf") and int(c[pos].sum()) == 0
 
 
-def test_in_kernel_rms_norm_without_residual_or_weight(form):
+def test_in_kernel_rms_norm_without_residual_or_weight(norm_form):
     """The first layer's input norm (no residual: records its input, the embedding) and a
     weightless norm; positions of -1 record nothing."""
     from vllm.ir.ops.layernorm import rms_norm

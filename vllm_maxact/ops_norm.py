@@ -18,8 +18,9 @@ into scalars; SiLU-and-mul keeps two elementwise accumulators, reduced once per 
 pipelines its row loop where programs loop over many rows; the atomics are relaxed and, at
 decode sizes, sent only where they change the row's held extrema. NaN / Inf are not counted
 on that path: they map to infinities, and a program whose max or min comes out infinite
-re-reads its rows and folds the exact finite extrema and counts. Registers on sm_90 (benchmarks/triton_regs.py): norm 150 at 8 warps,
-SiLU-and-mul 62.
+re-reads its rows and folds the exact finite extrema and counts. Registers on sm_90 with the
+launcher's 16-byte alignment specialization (benchmarks/triton_regs.py, Triton 3.6 and 3.9):
+norm 111 at 8 warps (two programs resident per SM), final norm 108-115, SiLU-and-mul 51.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from vllm_maxact.ops_triton import _rows, _site, fold_atomic, seen
 #: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
 PROGRAMS_PER_SM = 8
 ACT_BLOCK_C = 1024  # columns per SiLU-and-mul program
-ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 110 registers instead of 62 on sm_90)
+ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 86 registers instead of 51 on sm_90)
 ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each step costs Python time
 #: software-pipelining stages of SiLU-and-mul's row loop where each program loops over at least
 #: ACT_STAGES_FROM rows (H200, 2,048 tokens: 45.3 instead of 51.5 us; at 256 tokens, 3 to 4 rows
@@ -51,8 +52,22 @@ MULTI_REDUCE = None
 #: only the atomics that change them (`ops_triton.seen`). H200: at 1 and 64 tokens 0.05-0.17 us
 #: faster per call; from 256 the loads cost more than the atomics they spare (0.4-0.5 us slower)
 SKIP_SEEN = 64
+#: At 111 registers two 8-warp programs of the norm are resident per SM (Inductor's plain norm,
+#: one row per program, keeps more rows in flight), and each waits for its row's loads before a
+#: reduction with six barriers: the norm moves 3.4 TB/s at 16k tokens against Inductor's 4.3.
+#: Two ways to have the next row's loads in flight meanwhile, both off until measured on a GPU
+#: (`gpu_norm_micro.py`'s `nst2`, `nst3`, `pf`, `pf8` kernel sets):
+#: - NORM_STAGES: Triton's software pipelining of the row loop (asynchronous copies into shared
+#:   memory: 16 / 32 KB per program at 2 / 3 stages, 105-109 registers) where each program loops
+#:   over at least NORM_STAGES_FROM rows;
+#: - NORM_PREFETCH_FROM: from this many rows per program, the next row's x and residual are
+#:   loaded into registers before this row's barriers and stores (109-128 registers, still two
+#:   programs per SM; 0: never).
+NORM_STAGES: int | None = None
+NORM_STAGES_FROM = 8
+NORM_PREFETCH_FROM = 0
 #: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
-#: (16 warps: 75 registers, measured slower than 8 on an H200 at every size)
+#: (16 warps: 70 registers, one program per SM, measured slower than 8 on an H200 at every size)
 NORM_WARPS = None
 
 
@@ -134,7 +149,7 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
                  ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
                  HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
                  REC_O: tl.constexpr, BH: tl.constexpr, RTNE: tl.constexpr, MULTI: tl.constexpr,
-                 SKIP: tl.constexpr):
+                 SKIP: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr):
     """Rows ``pid, pid + P, ...``, each whole in registers (as Inductor's persistent norm). The
     statistics of a row ride in the norm's own sum-of-squares reduction (one multi-operand
     reduction: no extra barrier) and fold into scalars; the output's, where recorded, in one
@@ -158,12 +173,28 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
     ls = tl.full([], float("inf"), tl.float32)
     ho = tl.full([], float("-inf"), tl.float32)
     lo = tl.full([], float("inf"), tl.float32)
-    for row in range(pid, T, step):
+    if PREFETCH:  # the first row's inputs (outputs are fresh tensors: no row reads another's)
+        xn = tl.load(x_ptr + tl.cast(pid, tl.int64) * sx + cols, mask=cm, other=0.0)
+        if HAS_RES:
+            rn = tl.load(r_ptr + tl.cast(pid, tl.int64) * sr + cols, mask=cm, other=0.0)
+    for row in tl.range(pid, T, step, num_stages=STAGES):
         vm = cm & (row < n)
         row64 = tl.cast(row, tl.int64)
-        x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
+        if PREFETCH:  # this row's inputs were loaded last iteration; issue the next row's now
+            xr = xn
+            nxt = row + step
+            nm = cols < tl.where(nxt < T, H, 0)  # nothing past the last row
+            xn = tl.load(x_ptr + tl.cast(nxt, tl.int64) * sx + cols, mask=nm, other=0.0)
+            if HAS_RES:
+                rr = rn
+                rn = tl.load(r_ptr + tl.cast(nxt, tl.int64) * sr + cols, mask=nm, other=0.0)
+        else:
+            xr = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0)
+            if HAS_RES:
+                rr = tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0)
+        x = xr.to(tl.float32)
         if HAS_RES:
-            s = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
+            s = x + rr.to(tl.float32)
             s_out = _cast(s, rout_ptr.dtype.element_ty, RTNE)
             tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
             sf = s_out.to(tl.float32)
@@ -246,7 +277,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
             fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
         else:  # re-read the program's gate tiles and fold the exact statistics
             # (inline rather than ops_triton._site, whose separate NaN and Inf counters take the
-            # kernel from the 62 registers measured to 66 on sm_90)
+            # kernel from 62 registers to 66 on sm_90, compiled without alignment hints)
             hx = tl.full([BT, BC], float("-inf"), tl.float32)
             lx = tl.full([BT, BC], float("inf"), tl.float32)
             bx = tl.zeros([BT, BC], tl.int32)
@@ -275,8 +306,8 @@ def _rtne(x: torch.Tensor) -> bool:
 
 
 def _norm_warps(block: int) -> int:
-    # 8 at 4,096 columns: 150 registers on sm_90, faster on an H200 at every size than 16 warps
-    # (75 registers; benchmarks/RESULTS.md, 2026-12-03)
+    # 8 at 4,096 columns: 111 registers on sm_90, faster on an H200 at every size than 16 warps
+    # (70 registers; benchmarks/RESULTS.md, 2026-12-03)
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 
@@ -302,13 +333,16 @@ def rms_norm_rec(
     dummy = n_valid
     if T:
         block = triton.next_power_of_2(H)
-        _norm_kernel[(min(T, _max_programs(x)),)](
+        grid = min(T, _max_programs(x))
+        _norm_kernel[(grid,)](
             x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
             n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
             max(pos_x, 0), max(pos_s, 0),
             ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
             HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BH=block,
-            RTNE=_rtne(x), MULTI=_multi(), SKIP=T <= SKIP_SEEN, num_warps=NORM_WARPS or _norm_warps(block),
+            RTNE=_rtne(x), MULTI=_multi(), SKIP=T <= SKIP_SEEN,
+            PREFETCH=0 < NORM_PREFETCH_FROM * grid <= T,
+            STAGES=NORM_STAGES if NORM_STAGES and T >= NORM_STAGES_FROM * grid else None, num_warps=NORM_WARPS or _norm_warps(block),
         )
     shape = x.shape
     if not has_res:
