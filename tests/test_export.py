@@ -12,11 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from vllm_maxact.export.arrow import table_from_payloads
+from vllm_maxact.export.arrow import table_from_payloads, write_table
 from vllm_maxact.export.prometheus import MaxActCollector
 from vllm_maxact.export.snapshot import STATUS, SnapshotWriter
 
@@ -124,6 +125,16 @@ def test_sigkill_during_writes_leaves_only_complete_files(tmp_path, delay):
     assert names and all(n.startswith("maxact-m-") and n.endswith(".arrow") for n in names), names
     for n in names:
         assert feather.read_table(tmp_path / n).num_rows == 200_000
+
+
+def test_write_table_replaces_an_existing_file_whole(tmp_path):
+    """Over an existing file (e.g. a replay's --out), the new table takes its place and no
+    temporary file is left."""
+    target = tmp_path / "maxact-m.arrow"
+    write_table(pa.table({"x": [1, 2, 3]}), target)
+    write_table(pa.table({"x": list(range(10))}), target)
+    assert feather.read_table(target).column("x").to_pylist() == list(range(10))
+    assert os.listdir(tmp_path) == ["maxact-m.arrow"]
 
 
 def test_live_int8_drift_series(tmp_path):

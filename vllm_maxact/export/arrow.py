@@ -158,9 +158,11 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
     """Write an Arrow IPC (Feather v2) file atomically.
 
     The data goes to an unnamed file in the target directory (Linux ``O_TMPFILE``), is fsynced,
-    and only then gets a name, by a rename over the target. A process killed mid-write leaves
-    nothing behind; a reader sees the old file or the new one, never a part. Elsewhere a named
-    temp file + fsync + rename is used.
+    and only then gets a name: the target's own where none exists yet (snapshots: one link, so
+    a process killed at any point leaves nothing behind), else a temporary one renamed over the
+    target (a kill between the two leaves a ``.NAME.tmp.*`` file, which the snapshot writer
+    removes when it starts). A reader sees the old file or the new one, never a part. Elsewhere
+    a named temp file + fsync + rename is used.
     """
     path = Path(path)
     directory = path.resolve().parent
@@ -181,14 +183,21 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
                 # CPython call linkat instead of link (which would not follow /proc's link).
                 dfd = os.open(directory, os.O_RDONLY)
                 try:
-                    os.link(f"/proc/self/fd/{f.fileno()}", tmp, src_dir_fd=dfd, follow_symlinks=True)
+                    try:
+                        os.link(f"/proc/self/fd/{f.fileno()}", path, src_dir_fd=dfd, follow_symlinks=True)
+                        linked = True
+                    except FileExistsError:  # replacing a file: name it, then rename over it
+                        os.link(f"/proc/self/fd/{f.fileno()}", tmp, src_dir_fd=dfd, follow_symlinks=True)
+                        linked = False
                 finally:
                     os.close(dfd)
         else:
             feather.write_feather(table, tmp, compression="zstd")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+            linked = False
+        if not linked:
+            os.replace(tmp, path)
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)  # make the rename itself durable
