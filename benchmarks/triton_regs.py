@@ -97,6 +97,8 @@ def main() -> None:
         const = {"REC": True, "RTNE": False, "BC": mod.ACT_BLOCK_C, "MULTI": True}
         if "SKIP: tl.constexpr" in src:
             const["SKIP"] = False
+        if "STAGES" in mod._silu_mul_kernel.arg_names:
+            const["STAGES"] = mod.ACT_STAGES  # the large-step form
         warps = 4
         if "BT: tl.constexpr" in src:
             const["BT"] = mod.ACT_BLOCK_T
