@@ -237,11 +237,6 @@ def main() -> None:
                 extra_s = statistics.median(x["seconds"] for x in split) - statistics.median(x["seconds"] for x in whole)
                 entry["split"] = {"ratio": med["maxact_split"] / med["plain"], "extra_calls": extra_calls,
                                   "seconds_per_boundary": extra_s / extra_calls if extra_calls else None}
-            for label, suffix in (("maxact", ""), ("maxact_sync", "_sync")):
-                if label in med:
-                    entry["ratio" + suffix] = med[label] / med["plain"]
-                    entry["pair_ratios" + suffix] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
-                                                     zip(entry["runs"]["plain"], entry["runs"][label], strict=True)]
             entry["vs_hf_hooks_anchor"] = med["maxact"] / HF_HOOKS_ANCHOR[wname]
             entry["plain_vs_anchor"] = med["plain"] / PLAIN_ANCHOR[wname]
             secs = entry["tokens"] / med["maxact"]
