@@ -7,6 +7,7 @@ used in the recorder, the Arrow columns, the Prometheus labels and the dashboard
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 
@@ -61,15 +62,21 @@ class Site:
 
     @classmethod
     def parse(cls, name: str) -> Site:
-        parts = name.split(".")
-        try:
-            if len(parts) == 1:
-                return cls(Kind(parts[0]))
-            if len(parts) == 3 and parts[0] == "layers":
-                return cls(Kind(parts[2]), int(parts[1]))
-        except ValueError:
-            pass
-        raise ValueError(f"not a site name: {name!r} (expected 'embedding', 'final_norm' or 'layers.<i>.<kind>')")
+        """The site a name denotes (cached: tables and merges parse every row's name)."""
+        return _parse(name)
 
     def __str__(self) -> str:
         return self.name
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(name: str) -> Site:
+    parts = name.split(".")
+    try:
+        if len(parts) == 1:
+            return Site(Kind(parts[0]))
+        if len(parts) == 3 and parts[0] == "layers":
+            return Site(Kind(parts[2]), int(parts[1]))
+    except ValueError:
+        pass
+    raise ValueError(f"not a site name: {name!r} (expected 'embedding', 'final_norm' or 'layers.<i>.<kind>')")

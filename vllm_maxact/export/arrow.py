@@ -98,32 +98,36 @@ def rows_from_stats(
     meta: dict[str, Any], sites: Sequence[str], stats: dict[str, Any], *, window: str,
     rank: int | None, domain: str | None = None, timestamp: float | None = None,
 ) -> list[dict[str, Any]]:
+    common = {  # the same in every row
+        "timestamp": _ts(timestamp or meta.get("time") or time.time()),
+        "model": meta.get("model"),
+        "architecture": meta.get("architecture"),
+        "vllm_version": meta.get("vllm_version"),
+        "plugin_version": meta.get("plugin_version"),
+        "window": window,
+        "window_start": _ts(stats.get("start")),
+        "window_end": _ts(stats.get("end")),
+        "domain": domain,
+        "rank": rank,
+        "tokens": stats["tokens"],
+    }
+    channels = stats.get("channels", {})
     rows = []
     for i, name in enumerate(sites):
         site = Site.parse(name)
         mx, mn = stats["max"][i], stats["min"][i]
         rows.append(
             {
-                "timestamp": _ts(timestamp or meta.get("time") or time.time()),
-                "model": meta.get("model"),
-                "architecture": meta.get("architecture"),
-                "vllm_version": meta.get("vllm_version"),
-                "plugin_version": meta.get("plugin_version"),
-                "window": window,
-                "window_start": _ts(stats.get("start")),
-                "window_end": _ts(stats.get("end")),
-                "domain": domain,
+                **common,
                 "site": name,
                 "kind": site.kind.value,
                 "layer": site.layer,
-                "rank": rank,
                 "absmax": _absmax(mx, mn),
                 "max": mx,
                 "min": mn,
-                "tokens": stats["tokens"],
                 "nan_count": stats["nan"][i],
                 "inf_count": stats["inf"][i],
-                "channel_absmax": stats.get("channels", {}).get(str(i)),
+                "channel_absmax": channels.get(str(i)),
             }
         )
     return rows
