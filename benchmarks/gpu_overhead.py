@@ -5,9 +5,9 @@ One process builds two engines that stay alive side by side on one GPU: a plain 
 plugin installed but switched off, ``VLLM_MAXACT_ENABLE=0``) and an instrumented one
 (``VLLM_MAXACT_ENABLE=1``). Each runs in its own engine-core process (vLLM's multiprocessing
 stays on; workers are spawned, so each reads the switch afresh). Both use vLLM's default
-compilation and CUDA graphs. Workloads alternate plain / instrumented per repetition (A B A B
-...), after one untimed warm-up of each engine on each workload; medians and the ratio
-instrumented / plain are reported.
+compilation and CUDA graphs. Workloads alternate plain / instrumented, the order reversed every
+other repetition (A B B A ...), after one untimed warm-up of each engine on each workload;
+medians and the ratio instrumented / plain are reported.
 
 Correctness (run first, so that a time limit cannot cut it): the weights are overwritten with
 realistic random values (the same seed in every engine) with a few massive residual channels,
@@ -247,7 +247,8 @@ class Bench:
                 log(f"{name}: warm-up {label} {r['seconds']:.2f} s")
             for rep in range(self.args.reps):
                 prompts = make_prompts(rng, batch, plen)  # fresh per repetition, same for A and B
-                for label, llm in engines.items():
+                order = list(engines.items())  # ABBA: reversed every other repetition (drift)
+                for label, llm in (order if rep % 2 == 0 else order[::-1]):
                     r = self.run_once(llm, prompts, olen)
                     r["rep"] = rep
                     toks = r["output_tokens"] if metric == "output" else r["prompt_tokens"]

@@ -13,8 +13,8 @@ Two corpora of random token ids (the weights are random, so text would add nothi
           `vllm_maxact.corpus.STUDY_BUCKETS`), ``--study-samples`` samples
   short   ``--short-samples`` samples of 32..256 tokens (uniform)
 
-Timed per repetition, alternated (plain, maxact, maxact_split, plain, ...), after one untimed
-warm-up each:
+Timed per repetition, alternated (plain, maxact, maxact_split, then the reverse order in the
+next repetition, and so on), after one untimed warm-up each:
 
   plain         one ``llm.generate`` over every prompt, ``max_tokens=1`` (the best plain vLLM does)
   maxact        ``vllm_maxact.replay.run_replay`` over the same token ids with its defaults (what
@@ -217,7 +217,9 @@ def main() -> None:
                 r = run(name, samples[:k], ids[:k])
                 log(f"{wname}: warm-up {name} {r['tok_per_s']:.0f} tok/s")
             for rep in range(args.reps):
-                for name in variants:
+                # ABBA: the order reversed every other repetition, so a drift in the machine's
+                # speed over the run (clocks, temperature) weighs on every variant alike
+                for name in (variants if rep % 2 == 0 else variants[::-1]):
                     r = run(name, samples, ids)
                     r["rep"] = rep
                     entry["runs"][name].append(r)
