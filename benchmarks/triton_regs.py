@@ -73,7 +73,10 @@ def main() -> None:
     ap.add_argument("--variant", type=Path, default=None, help="a variant's copy of ops_norm.py to compare")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--prefetch", action="store_true", help="the norm's form that loads its next row early")
-    ap.add_argument("--norm-stages", type=int, default=None, help="the norm's row loop pipelined (stages)")
+    ap.add_argument("--norm-stages", type=int, default=None,
+                    help="the norm's row loop pipelined (stages; 0: not; default: the module's NORM_STAGES)")
+    ap.add_argument("--act-stages", type=int, default=None, help="SiLU-and-mul's stages (default: ACT_STAGES)")
+    ap.add_argument("--act-block-c", type=int, default=None, help="SiLU-and-mul's columns per program (ACT_BLOCK_C)")
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     print(f"triton {triton.__version__}, sm_{args.arch}")
@@ -87,18 +90,19 @@ def main() -> None:
             if "SKIP: tl.constexpr" in src:
                 const["SKIP"] = False  # the large-step form (bounds read only up to SKIP_SEEN tokens)
             if "PREFETCH" in mod._norm_kernel.arg_names:
-                const.update(PREFETCH=args.prefetch, STAGES=args.norm_stages)
+                stages = getattr(mod, "NORM_STAGES", None) if args.norm_stages is None else args.norm_stages
+                const.update(PREFETCH=args.prefetch, STAGES=stages or None)
             if "RB: tl.constexpr" in src:
                 const["RB"], warps = mod.NORM_BLOCK, mod.NORM_WARPS
             else:
                 const["BH"], warps = 4096, mod._norm_warps(4096)
             name = "final norm (x, sum, output)" if rec_o else "norm (x, sum)"
             print(f"{tag:8s} {name:28s} {warps} warps  {usage(mod._norm_kernel, NORM_SIG, const, warps, target)}")
-        const = {"REC": True, "RTNE": False, "BC": mod.ACT_BLOCK_C, "MULTI": True}
+        const = {"REC": True, "RTNE": False, "BC": args.act_block_c or mod.ACT_BLOCK_C, "MULTI": True}
         if "SKIP: tl.constexpr" in src:
             const["SKIP"] = False
         if "STAGES" in mod._silu_mul_kernel.arg_names:
-            const["STAGES"] = mod.ACT_STAGES  # the large-step form
+            const["STAGES"] = args.act_stages or mod.ACT_STAGES  # the large-step form
         warps = 4
         if "BT: tl.constexpr" in src:
             const["BT"] = mod.ACT_BLOCK_T
