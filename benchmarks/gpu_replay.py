@@ -27,6 +27,10 @@ next repetition, and so on), after one untimed warm-up each:
   maxact_sync   (``--also-sync``) ``maxact`` on a third engine whose periodic collect waits for
                 the device (``VLLM_MAXACT_ASYNC_COLLECT=0``, the behaviour before 2026-12-03)
 
+``--profile`` then runs each engine once more per corpus under torch's profiler (in its worker)
+and reports GPU kernel time, the time the GPU was busy, the span and the kernels by total time:
+whether the replay's extra time is kernel time or gaps between steps.
+
 Prompt tokens/s are the corpus's tokens over the wall time of that call. Medians and the ratio
 maxact / plain are reported, plus the ratio to the transformers-hooks anchors measured on the
 same GPU model (DESIGN.md: 31,441 and 33,355 tok/s) and the FLOP/s reached against a bf16
@@ -137,6 +141,10 @@ def main() -> None:
     ap.add_argument("--also-sync", action="store_true",
                     help="also time replay on a third engine whose periodic collect waits for the device "
                     "(VLLM_MAXACT_ASYNC_COLLECT=0); lower --mem to fit three engines")
+    ap.add_argument("--corpora", default="study,short", help="which corpora to time (comma-separated)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timing, one run of each engine on each corpus under torch's profiler in its "
+                    "worker: GPU kernel time, busy time, span and the kernels by total time")
     ap.add_argument("--quick", action="store_true", help="tiny corpora (CPU dry run)")
     args = ap.parse_args()
 
@@ -169,6 +177,10 @@ def main() -> None:
         tmp.replace(args.out / f"{args.label}.json")
 
     data = corpora(args, cfg["vocab_size"])
+    wanted = args.corpora.split(",")
+    if unknown := set(wanted) - set(data):
+        raise SystemExit(f"--corpora: unknown {sorted(unknown)}; known: {', '.join(data)}")
+    data = {k: v for k, v in data.items() if k in wanted}
     max_len = max(len(t) for _, ids in data.values() for t in ids)
     engines = {}
     builds = [("plain", "0", "1"), ("maxact", "1", "1")] + ([("maxact_sync", "1", "0")] if args.also_sync else [])
@@ -247,6 +259,23 @@ def main() -> None:
             log(f"{wname}: median plain {med['plain']:.0f}, maxact {med['maxact']:.0f}, ratio {entry['ratio']:.4f}, "
                 f"pairs {[round(x, 4) for x in entry['pair_ratios']]}, split {entry.get('split')}")
             save()
+        if args.profile:
+            # Where the replay's extra time goes: GPU kernel time (our kernels against Inductor's)
+            # or idle gaps between steps (host work, batch ends). Profiled runs are slower than
+            # timed ones; the differences between the engines are what matter.
+            from maxact_bench_worker import profile_start, profile_stop
+
+            for wname, (samples, ids) in data.items():
+                prof = res["workloads"][wname]["profile"] = {}
+                for name in ("plain", "maxact"):
+                    engines[name].apply_model(profile_start)
+                    r = run(name, samples, ids)
+                    summary = engines[name].apply_model(profile_stop)[0]
+                    prof[name] = {"wall_us": r["seconds"] * 1e6, **summary}
+                    log(f"{wname} profile {name}: wall {r['seconds'] * 1e3:.1f} ms, kernels {summary['kernels']}, "
+                        f"kernel {summary['kernel_us'] / 1e3:.1f} ms, busy {summary['busy_us'] / 1e3:.1f} ms, "
+                        f"span {summary['span_us'] / 1e3:.1f} ms")
+                save()
     except Exception:
         import traceback
 
