@@ -62,6 +62,16 @@ KERNELS = {
     "ast2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": 2}),
     "ast4": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": 4}),
     "c2048": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_C": 2048}),
+    # the norm read in column chunks, two passes, elementwise statistics (`_norm_chunk_kernel`):
+    # chunk width / warps / programs per SM
+    "ch": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1}),
+    "ch4": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_WARPS": 4,
+                                                   "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
+    "ch512": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_C": 512,
+                                                     "NORM_CHUNK_WARPS": 4, "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
+    "ch2k": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_C": 2048}),
+    "chp4": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_PROGRAMS_PER_SM": 4}),
+    "chp16": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
 }
 
 

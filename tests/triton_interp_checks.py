@@ -24,11 +24,13 @@ def form(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["gpu_form", "interpreter_form", "prefetch_form"])
+@pytest.fixture(params=["gpu_form", "interpreter_form", "prefetch_form", "chunk_form"])
 def norm_form(request, monkeypatch):
     """`form`, plus the GPU form with the norm loading each program's next row ahead
     (`ops_norm.NORM_PREFETCH_FROM`, and the loop's pipelining stages, which the interpreter
-    accepts and ignores), for every row count, one row per program included."""
+    accepts and ignores), for every row count, one row per program included; and the norm read
+    in column chunks (`ops_norm.NORM_CHUNK_FROM`), 32 columns each, so rows of 80 and 96 take
+    three chunks, the last one part-masked."""
     from vllm_maxact import ops_norm
 
     gpu = request.param != "interpreter_form"
@@ -38,6 +40,9 @@ def norm_form(request, monkeypatch):
         monkeypatch.setattr(ops_norm, "NORM_PREFETCH_FROM", 1)
         monkeypatch.setattr(ops_norm, "NORM_STAGES", 2)
         monkeypatch.setattr(ops_norm, "NORM_STAGES_FROM", 1)
+    if request.param == "chunk_form":
+        monkeypatch.setattr(ops_norm, "NORM_CHUNK_FROM", 1)
+        monkeypatch.setattr(ops_norm, "NORM_CHUNK_C", 32)
     return request.param
 
 

@@ -73,6 +73,15 @@ SKIP_SEEN = 64
 NORM_STAGES: int | None = 3
 NORM_STAGES_FROM = 8
 NORM_PREFETCH_FROM = 0
+#: From this many tokens (None: never), the norm runs as `_norm_chunk_kernel`: each row in
+#: column chunks of NORM_CHUNK_C, two passes (sum of squares, then normalize, re-reading the
+#: row from L2 as Inductor's norm does), the statistics kept elementwise across rows and
+#: reduced once per program. Far fewer registers than a whole row per program, so many more
+#: programs (NORM_CHUNK_PROGRAMS_PER_SM, NORM_CHUNK_WARPS each) keep rows in flight.
+NORM_CHUNK_FROM: int | None = None
+NORM_CHUNK_C = 1024
+NORM_CHUNK_WARPS = 8
+NORM_CHUNK_PROGRAMS_PER_SM = 8
 #: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
 #: (16 warps: 70 registers, one program per SM, measured slower than 8 on an H200 at every size)
 NORM_WARPS = None
@@ -246,6 +255,93 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
 
 
 @triton.jit
+def _finish_cols(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BC: tl.constexpr):
+    """`_finish` for a row read in column chunks of ``BC``: the exact path one chunk at a time."""
+    if (h < float("inf")) & (lw > float("-inf")):
+        fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
+    else:
+        tl.debug_barrier()
+        for c in range(0, tl.cdiv(H, BC)):
+            _site(v_ptr, H, stride, n, e_ptr, c_ptr, pos, pid, c, step, 1, BC)
+
+
+@triton.jit
+def _norm_chunk_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
+                       ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
+                       HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
+                       REC_O: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr, SKIP: tl.constexpr):
+    """`_norm_kernel`'s work and recording, each row read in column chunks of ``BC``: a first
+    pass stores the sum and accumulates its squares, a second re-reads the row's inputs (from
+    L2) and normalizes. Statistics stay elementwise ([BC] accumulators, no barrier) until the
+    program's end: one reduction per row (the sum of squares) instead of one per row and
+    tensor, and registers for many programs per SM."""
+    pid = tl.program_id(0)
+    step = tl.num_programs(0)
+    n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    if REC_X:
+        sxh, sxl = _seen(ea_ptr, pos_x, SKIP)
+    if REC_S:
+        ssh, ssl = _seen(ea_ptr, pos_s, SKIP)
+    if REC_O:
+        soh, sol = _seen(eb_ptr, pos_o, SKIP)
+    offs = tl.arange(0, BC)
+    hx = tl.full([BC], float("-inf"), tl.float32)
+    lx = tl.full([BC], float("inf"), tl.float32)
+    hs = tl.full([BC], float("-inf"), tl.float32)
+    ls = tl.full([BC], float("inf"), tl.float32)
+    ho = tl.full([BC], float("-inf"), tl.float32)
+    lo = tl.full([BC], float("inf"), tl.float32)
+    for row in range(pid, T, step):
+        valid = row < n
+        row64 = tl.cast(row, tl.int64)
+        acc = tl.zeros([BC], tl.float32)
+        for c0 in range(0, H, BC):
+            cols = c0 + offs
+            cm = cols < H
+            vm = cm & valid
+            x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
+            if HAS_RES:
+                s = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
+                s_out = _cast(s, rout_ptr.dtype.element_ty, RTNE)
+                tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
+                sf = s_out.to(tl.float32)
+            else:
+                s = x
+                sf = x
+            acc += s * s
+            if REC_X:
+                hx, lx = tl.maximum(hx, _hi(x, vm)), tl.minimum(lx, _lo(x, vm))
+            if REC_S:
+                hs, ls = tl.maximum(hs, _hi(sf, vm)), tl.minimum(ls, _lo(sf, vm))
+        rstd = tl.rsqrt(tl.sum(acc, axis=0) / H + eps)
+        for c0 in range(0, H, BC):
+            cols = c0 + offs
+            cm = cols < H
+            s = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
+            if HAS_RES:
+                s += tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
+            y = s * rstd
+            if HAS_W:
+                w = tl.load(w_ptr + cols, mask=cm, other=0.0)
+                y = _cast(y, w_ptr.dtype.element_ty, RTNE and w_ptr.dtype.element_ty == tl.bfloat16).to(tl.float32) \
+                    * w.to(tl.float32)
+            y_out = _cast(y, out_ptr.dtype.element_ty, RTNE)
+            tl.store(out_ptr + row64 * so + cols, y_out, mask=cm)
+            if REC_O:
+                yf = y_out.to(tl.float32)
+                ho, lo = tl.maximum(ho, _hi(yf, cm & valid)), tl.minimum(lo, _lo(yf, cm & valid))
+    if REC_X:
+        _finish_cols(x_ptr, sx, H, n, pid, step, tl.max(hx, axis=0), tl.min(lx, axis=0), sxh, sxl,
+                     ea_ptr, ca_ptr, pos_x, BC)
+    if REC_S:
+        _finish_cols(rout_ptr, sro, H, n, pid, step, tl.max(hs, axis=0), tl.min(ls, axis=0), ssh, ssl,
+                     ea_ptr, ca_ptr, pos_s, BC)
+    if REC_O:
+        _finish_cols(out_ptr, so, H, n, pid, step, tl.max(ho, axis=0), tl.min(lo, axis=0), soh, sol,
+                     eb_ptr, cb_ptr, pos_o, BC)
+
+
+@triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                      REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr,
                      MULTI: tl.constexpr, SKIP: tl.constexpr, STAGES: tl.constexpr):
@@ -338,7 +434,18 @@ def rms_norm_rec(
     if (rec_x or rec_s) and ext_a is None or rec_o and ext_b is None:
         raise ValueError("rms_norm_rec: a recorded position needs its group's buffers")
     dummy = n_valid
-    if T:
+    if T and NORM_CHUNK_FROM is not None and T >= NORM_CHUNK_FROM:
+        bc = min(NORM_CHUNK_C, triton.next_power_of_2(H))
+        grid = min(T, _max_programs(x) // PROGRAMS_PER_SM * NORM_CHUNK_PROGRAMS_PER_SM)
+        _norm_chunk_kernel[(grid,)](
+            x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
+            n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
+            max(pos_x, 0), max(pos_s, 0),
+            ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
+            HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BC=bc,
+            RTNE=_rtne(x), SKIP=T <= SKIP_SEEN, num_warps=NORM_CHUNK_WARPS,
+        )
+    elif T:
         block = triton.next_power_of_2(H)
         grid = min(T, _max_programs(x))
         _norm_kernel[(grid,)](
