@@ -72,6 +72,9 @@ KERNELS = {
     "ch2k": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_C": 2048}),
     "chp4": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_PROGRAMS_PER_SM": 4}),
     "chp16": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
+    # more SiLU-and-mul programs only (p16 also changes the norm's)
+    "ap16": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_PROGRAMS_PER_SM": 16}),
+    "ap32": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_PROGRAMS_PER_SM": 32}),
 }
 
 

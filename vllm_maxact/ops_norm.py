@@ -39,6 +39,8 @@ from vllm_maxact.ops_triton import _rows, _site, fold_atomic, seen
 #: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
 PROGRAMS_PER_SM = 8
 ACT_BLOCK_C = 1024  # columns per SiLU-and-mul program
+#: SiLU-and-mul's programs per SM (None: PROGRAMS_PER_SM)
+ACT_PROGRAMS_PER_SM: int | None = None
 ACT_BLOCK_T = 1  # rows per SiLU-and-mul step (2: 86 registers instead of 51 on sm_90)
 ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each step costs Python time
 #: software-pipelining stages of SiLU-and-mul's row loop where each program loops over at least
@@ -484,7 +486,8 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
     if T:
         cb = triton.cdiv(D, ACT_BLOCK_C)
         bt = ACT_BLOCK_T_INTERPRET if os.environ.get("TRITON_INTERPRET") == "1" else ACT_BLOCK_T
-        rows = min(triton.cdiv(T, bt), max(1, _max_programs(x) // cb))
+        progs = _max_programs(x) // PROGRAMS_PER_SM * (ACT_PROGRAMS_PER_SM or PROGRAMS_PER_SM)
+        rows = min(triton.cdiv(T, bt), max(1, progs // cb))
         stages = ACT_STAGES if T >= ACT_STAGES_FROM * rows * bt else None
         _silu_mul_kernel[(cb, rows)](
             x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
