@@ -65,6 +65,22 @@ def test_norm_kernel_compiles_for_sm90_without_spills(sm90, form):
     assert regs <= 128, (form, regs)
 
 
+@pytest.mark.parametrize("form", [
+    {},
+    {"REC_O": True},
+    {"HAS_RES": False, "REC_S": False},
+])
+def test_chunked_norm_kernel_compiles_for_sm90_without_spills(sm90, form):
+    """The large-step norm read in column chunks (`ops_norm.NORM_CHUNK_FROM`), at the module's
+    chunk width and warps: its point is few registers, so many programs per SM."""
+    regs_mod, ops_norm, target = sm90
+    const = {"HAS_RES": True, "HAS_W": True, "REC_X": True, "REC_S": True, "REC_O": False, "RTNE": False,
+             "SKIP": False, "BC": ops_norm.NORM_CHUNK_C, **form}
+    regs, stack = _usage(regs_mod.usage(ops_norm._norm_chunk_kernel, regs_mod.NORM_SIG, const,
+                                        ops_norm.NORM_CHUNK_WARPS, target))
+    assert stack == 0 and regs <= 64, (form, regs, stack)
+
+
 @pytest.mark.parametrize("form", [{"SKIP": True, "STAGES": None}, {"SKIP": False, "STAGES": 3}])
 def test_silu_and_mul_kernel_compiles_for_sm90_without_spills(sm90, form):
     regs_mod, ops_norm, target = sm90
