@@ -75,6 +75,11 @@ KERNELS = {
     # more SiLU-and-mul programs only (p16 also changes the norm's)
     "ap16": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_PROGRAMS_PER_SM": 16}),
     "ap32": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_PROGRAMS_PER_SM": 32}),
+    # SiLU-and-mul one tile per program, no row loop (`_silu_flat_kernel`): rows per tile, warps
+    "flat": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1}),
+    "flat2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1, "ACT_FLAT_T": 2}),
+    "flat8": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1, "ACT_FLAT_T": 8}),
+    "flat8w8": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1, "ACT_FLAT_T": 8, "ACT_FLAT_WARPS": 8}),
 }
 
 

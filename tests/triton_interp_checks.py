@@ -11,16 +11,21 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_ops_tr
 from vllm_maxact import ops_triton  # noqa: E402
 
 
-@pytest.fixture(params=["gpu_form", "interpreter_form"])
+@pytest.fixture(params=["gpu_form", "interpreter_form", "flat_form"])
 def form(request, monkeypatch):
     """The in-kernel ops in both forms: the GPU's (one multi-operand reduction per norm row,
     SiLU-and-mul one row per step) and the one the interpreter runs by default (builtin
-    reductions, 8-row steps)."""
+    reductions, 8-row steps); and SiLU-and-mul one tile per program (`ops_norm.ACT_FLAT_FROM`),
+    8 rows x 512 columns, so tiles end inside rows and inside the row count."""
     from vllm_maxact import ops_norm
 
-    gpu = request.param == "gpu_form"
+    gpu = request.param != "interpreter_form"
     monkeypatch.setattr(ops_norm, "MULTI_REDUCE", gpu)
     monkeypatch.setattr(ops_norm, "ACT_BLOCK_T_INTERPRET", ops_norm.ACT_BLOCK_T if gpu else 8)
+    if request.param == "flat_form":
+        monkeypatch.setattr(ops_norm, "ACT_FLAT_FROM", 1)
+        monkeypatch.setattr(ops_norm, "ACT_BLOCK_C", 512)
+        monkeypatch.setattr(ops_norm, "ACT_FLAT_T", 8)
     return request.param
 
 

@@ -48,6 +48,13 @@ ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each ste
 #: per program, 6.7 instead of 6.2: Triton's default there)
 ACT_STAGES = 3
 ACT_STAGES_FROM = 8
+#: From this many tokens (None: never), SiLU-and-mul runs as `_silu_flat_kernel`: one tile of
+#: ACT_FLAT_T rows x ACT_BLOCK_C columns per program, no row loop (Inductor's elementwise
+#: layout: many short programs), each program folding its tile where it passes the row's
+#: held extrema
+ACT_FLAT_FROM: int | None = None
+ACT_FLAT_T = 4
+ACT_FLAT_WARPS = 4
 #: one multi-operand reduction per row (True: the GPU form) or one builtin reduction per
 #: statistic (Triton's interpreter runs a multi-operand reduction element by element in Python);
 #: None: by TRITON_INTERPRET. The interpreter checks run both.
@@ -402,6 +409,44 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                         tl.sum(bx & 0xFFFF, axis=0), tl.sum(bx >> 16, axis=0), sh, sl)
 
 
+@triton.jit
+def _silu_flat_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
+                      REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr):
+    """Program (r, c): the tile of rows ``r * BT ...`` and column block ``c``. The tile's gate
+    statistics come from the values already in registers, the exact ones (finite max / min,
+    NaN and Inf counts) only where the tile holds a non-finite value; sent only where they
+    pass what the row held at the program's start (`ops_triton.seen`)."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_r * BT + tl.arange(0, BT)
+    cols = pid_c * BC + tl.arange(0, BC)
+    m = (rows < T)[:, None] & (cols < D)[None, :]
+    base = rows[:, None].to(tl.int64) * sx + cols[None, :]
+    g = tl.load(x_ptr + base, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + base + D, mask=m, other=0.0).to(tl.float32)
+    a = _cast(g * tl.sigmoid(g), out_ptr.dtype.element_ty, RTNE).to(tl.float32)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * so + cols[None, :],
+             _cast(a * u, out_ptr.dtype.element_ty, RTNE), mask=m)
+    if REC:
+        n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+        if pid_r * BT < n:
+            vm = m & (rows < n)[:, None]
+            h = tl.max(tl.max(_hi(g, vm), axis=1), axis=0)
+            lw = tl.min(tl.min(_lo(g, vm), axis=1), axis=0)
+            sh, sl = seen(e_ptr, pos)
+            if (h < float("inf")) & (lw > float("-inf")):
+                fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
+            else:
+                is_nan = g != g
+                is_inf = tl.abs(g) == float("inf")
+                fin = vm & ~is_nan & ~is_inf
+                hx = tl.max(tl.max(tl.where(fin, g, float("-inf")), axis=1), axis=0)
+                lx = tl.min(tl.min(tl.where(fin, g, float("inf")), axis=1), axis=0)
+                cn = tl.sum(tl.sum((vm & is_nan).to(tl.int32), axis=1), axis=0)
+                ci = tl.sum(tl.sum((vm & is_inf).to(tl.int32), axis=1), axis=0)
+                fold_atomic(e_ptr, c_ptr, pos, hx, lx, cn, ci, float("-inf"), float("inf"))
+
+
 def _multi() -> bool:
     return MULTI_REDUCE if MULTI_REDUCE is not None else os.environ.get("TRITON_INTERPRET") != "1"
 
@@ -483,7 +528,12 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
     T, D2 = x2.shape
     D = D2 // 2
     out = torch.empty((T, D), dtype=x.dtype, device=x.device)
-    if T:
+    if T and ACT_FLAT_FROM is not None and T >= ACT_FLAT_FROM:
+        _silu_flat_kernel[(triton.cdiv(T, ACT_FLAT_T), triton.cdiv(D, ACT_BLOCK_C))](
+            x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
+            REC=pos >= 0, BT=ACT_FLAT_T, BC=ACT_BLOCK_C, RTNE=_rtne(x), num_warps=ACT_FLAT_WARPS,
+        )
+    elif T:
         cb = triton.cdiv(D, ACT_BLOCK_C)
         bt = ACT_BLOCK_T_INTERPRET if os.environ.get("TRITON_INTERPRET") == "1" else ACT_BLOCK_T
         progs = _max_programs(x) // PROGRAMS_PER_SM * (ACT_PROGRAMS_PER_SM or PROGRAMS_PER_SM)
