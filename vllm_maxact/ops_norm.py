@@ -97,15 +97,17 @@ NORM_WARPS = None
 
 
 @functools.cache
-def _programs(device_index: int) -> int:
+def _sms(device_index: int) -> int:
     if torch.cuda.is_available() and device_index >= 0:
-        return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device_index).multi_processor_count
-    return 8  # Triton's interpreter (CPU tensors, tests)
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 1  # Triton's interpreter (CPU tensors, tests)
 
 
-def _max_programs(x: torch.Tensor) -> int:
-    return _programs(x.device.index if x.device.type == "cuda" and x.device.index is not None
-                     else (torch.cuda.current_device() if x.device.type == "cuda" else -1))
+def _max_programs(x: torch.Tensor, per_sm: int | None = None) -> int:
+    """Programs of a row-looping kernel on ``x``'s device: ``per_sm`` (default PROGRAMS_PER_SM)
+    per SM."""
+    return (per_sm or PROGRAMS_PER_SM) * _sms(x.device.index if x.device.type == "cuda" and x.device.index is not None
+                                              else (torch.cuda.current_device() if x.device.type == "cuda" else -1))
 
 
 @triton.jit
@@ -481,27 +483,22 @@ def rms_norm_rec(
     if (rec_x or rec_s) and ext_a is None or rec_o and ext_b is None:
         raise ValueError("rms_norm_rec: a recorded position needs its group's buffers")
     dummy = n_valid
-    if T and NORM_CHUNK_FROM is not None and T >= NORM_CHUNK_FROM:
-        bc = min(NORM_CHUNK_C, triton.next_power_of_2(H))
-        grid = min(T, _max_programs(x) // PROGRAMS_PER_SM * NORM_CHUNK_PROGRAMS_PER_SM)
-        _norm_chunk_kernel[(grid,)](
-            x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
+    # both kernels take the same arguments; they differ in launch settings
+    args = (x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
             n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
             max(pos_x, 0), max(pos_s, 0),
-            ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
-            HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BC=bc,
-            RTNE=_rtne(x), SKIP=T <= SKIP_SEEN, num_warps=NORM_CHUNK_WARPS,
-        )
+            ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0))
+    flags = dict(HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, RTNE=_rtne(x),
+                 SKIP=T <= SKIP_SEEN)
+    if T and NORM_CHUNK_FROM is not None and T >= NORM_CHUNK_FROM:
+        grid = min(T, _max_programs(x, NORM_CHUNK_PROGRAMS_PER_SM))
+        _norm_chunk_kernel[(grid,)](*args, **flags, BC=min(NORM_CHUNK_C, triton.next_power_of_2(H)),
+                                    num_warps=NORM_CHUNK_WARPS)
     elif T:
         block = triton.next_power_of_2(H)
         grid = min(T, _max_programs(x))
         _norm_kernel[(grid,)](
-            x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
-            n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
-            max(pos_x, 0), max(pos_s, 0),
-            ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0),
-            HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, BH=block,
-            RTNE=_rtne(x), MULTI=_multi(), SKIP=T <= SKIP_SEEN,
+            *args, **flags, BH=block, MULTI=_multi(),
             PREFETCH=0 < NORM_PREFETCH_FROM * grid <= T,
             STAGES=NORM_STAGES if NORM_STAGES and T >= NORM_STAGES_FROM * grid else None, num_warps=NORM_WARPS or _norm_warps(block),
         )
@@ -536,8 +533,7 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
     elif T:
         cb = triton.cdiv(D, ACT_BLOCK_C)
         bt = ACT_BLOCK_T_INTERPRET if os.environ.get("TRITON_INTERPRET") == "1" else ACT_BLOCK_T
-        progs = _max_programs(x) // PROGRAMS_PER_SM * (ACT_PROGRAMS_PER_SM or PROGRAMS_PER_SM)
-        rows = min(triton.cdiv(T, bt), max(1, progs // cb))
+        rows = min(triton.cdiv(T, bt), max(1, _max_programs(x, ACT_PROGRAMS_PER_SM) // cb))
         stages = ACT_STAGES if T >= ACT_STAGES_FROM * rows * bt else None
         _silu_mul_kernel[(cb, rows)](
             x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
