@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import requests
+from conftest import TEST_MAX_BATCHED_TOKENS, TEST_MAX_SEQS
 
 
 def free_port() -> int:
@@ -45,7 +46,8 @@ class VllmServer:
             # looking up a distribution named "vllm".
             sys.executable, "-m", "vllm_maxact.vllm_cli", "serve", model,
             "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", name,
-            "--max-model-len", "1024", *extra_args,
+            "--max-model-len", "1024", "--max-num-batched-tokens", str(TEST_MAX_BATCHED_TOKENS),
+            "--max-num-seqs", str(TEST_MAX_SEQS), *extra_args,
         ]
         self.proc = subprocess.Popen(
             cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},

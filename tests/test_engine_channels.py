@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 from click.testing import CliRunner
-from conftest import served_stats, stats_by_site
+from conftest import TEST_MAX_BATCHED_TOKENS, served_stats, stats_by_site
 from test_engine_families import token_lists
 from test_smoothquant import capture
 
@@ -63,7 +63,8 @@ def test_replay_scales_smooth_replay(tiny_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_MAXACT_KINDS", "residual,attn_in,mlp_in")
     run = CliRunner().invoke
     a = tmp_path / "before.arrow"
-    common = ["--samples", "24", "--quiet", "--kinds", "residual,attn_in,mlp_in"]
+    common = ["--samples", "24", "--quiet", "--kinds", "residual,attn_in,mlp_in",
+              "--engine-arg", f"max_num_batched_tokens={TEST_MAX_BATCHED_TOKENS}"]
     r = run(main, ["replay", "--model", model_dir, "--out", str(a), *common])
     assert r.exit_code == 0, r.output
     sq = tmp_path / "smooth.json"
