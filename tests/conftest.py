@@ -14,6 +14,16 @@ import pytest
 # refuses to start when other processes hold memory.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_MAXACT_PUBLISH_INTERVAL_S", "0.5")
+#: Under pytest-xdist (pyproject's addopts: two workers) each worker's vLLM engines compute on a
+#: CPU of their own, and its own torch (transformers references) on one thread, so two engines
+#: at once do not fight over one core while the other idles. A bind list set by the caller wins.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and hasattr(os, "sched_getaffinity"):
+    _cpus = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(_cpus[int(_XDIST_WORKER[2:]) % len(_cpus)]))
+    import torch
+
+    torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
 #: Opt-in (``MAXACT_TEST_TORCHVISION_STUB=1``): where torchvision is absent, put the import stub

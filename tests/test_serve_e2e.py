@@ -20,7 +20,8 @@ import vllm_maxact
 from vllm_maxact.export.arrow import SCHEMA_VERSION
 from vllm_maxact.export.snapshot import latest, list_snapshots
 
-pytestmark = pytest.mark.slow
+# One server for the module's tests: on one pytest-xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve_e2e")]
 PUBLISH_S = 0.5
 
 

@@ -29,6 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 #: Bumped when the conversion output changes, so old caches are rebuilt.
 CONVERTER_VERSION = 1
 MARKER = "maxact_model.json"
@@ -171,7 +173,26 @@ def ensure_converted(spec: BundledModel, *, cache_dir: Path | None = None, progr
     if is_converted(target, spec):
         return target
     sources = locate_sources(spec)  # fail on a missing package before any slow work
-    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{spec.alias}.lock"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise ModelError(
+            f"cannot write the model cache {str(target.parent)!r} ({e.strerror or e}); set VLLM_MAXACT_CACHE "
+            "to a writable folder"
+        ) from None
+    # One converter at a time per folder (two replays started at once on a fresh machine): the
+    # second waits, then finds the first one's result.
+    try:
+        if is_converted(target, spec):
+            return target
+        return _convert_locked(spec, sources, target, progress)
+    finally:
+        lock.release()
+
+
+def _convert_locked(spec: BundledModel, sources: list[Path], target: Path, progress: bool) -> Path:
     _remove_stale_temps(target)
     # Build beside the target and rename into place: a killed conversion leaves only a
     # `.<alias>.tmp-*` folder, never a half folder under the final name.
