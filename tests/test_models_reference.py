@@ -129,6 +129,32 @@ def test_killed_conversion_leaves_no_finished_looking_folder(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_concurrent_conversions_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two replays started at once on a fresh machine: one converts, the other waits for it (an
+    unlocked second converter would delete the first one's temp folder, or convert twice)."""
+    import threading
+
+    calls, started = [], threading.Event()
+
+    def slow_convert(spec: object, gguf: Path, out: Path, *, progress: bool) -> None:
+        calls.append(gguf)
+        started.set()
+        time.sleep(0.5)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert", slow_convert)
+    spec = _fake_spec()
+    results: list[Path] = []
+    first = threading.Thread(target=lambda: results.append(models.ensure_converted(spec, cache_dir=tmp_path, progress=False)))
+    first.start()
+    assert started.wait(30)
+    results.append(models.ensure_converted(spec, cache_dir=tmp_path, progress=False))  # while the first converts
+    first.join(30)
+    assert results == [tmp_path / "fake"] * 2 and len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["fake"]
+
+
 def test_conversion_writes_marker_and_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 

@@ -15,6 +15,7 @@ dequantizes the GGUF), and passes local folders and hub ids through.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -28,8 +29,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock
 
 #: Bumped when the conversion output changes, so old caches are rebuilt.
 CONVERTER_VERSION = 1
@@ -173,23 +172,25 @@ def ensure_converted(spec: BundledModel, *, cache_dir: Path | None = None, progr
     if is_converted(target, spec):
         return target
     sources = locate_sources(spec)  # fail on a missing package before any slow work
-    lock = FileLock(str(target.parent / f".{spec.alias}.lock"))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        folder = os.open(target.parent, os.O_RDONLY)
     except OSError as e:
         raise ModelError(
             f"cannot write the model cache {str(target.parent)!r} ({e.strerror or e}); set VLLM_MAXACT_CACHE "
             "to a writable folder"
         ) from None
-    # One converter at a time per folder (two replays started at once on a fresh machine): the
-    # second waits, then finds the first one's result.
     try:
+        # One converter at a time per cache folder (two replays started at once on a fresh
+        # machine): the second waits, then finds the first one's result. The lock is on the
+        # folder itself, so no lock file is left behind; closing the descriptor (or dying)
+        # releases it.
+        fcntl.flock(folder, fcntl.LOCK_EX)
         if is_converted(target, spec):
             return target
         return _convert_locked(spec, sources, target, progress)
     finally:
-        lock.release()
+        os.close(folder)
 
 
 def _convert_locked(spec: BundledModel, sources: list[Path], target: Path, progress: bool) -> Path:
