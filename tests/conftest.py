@@ -40,6 +40,18 @@ if os.environ.get(TORCHVISION_STUB_ENV) == "1":
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_stubs, os.environ.get("PYTHONPATH")) if p)
 
 
+#: The longest test files first (measured on a 2-core AVX2 machine: the serving module's server,
+#: the interpreter runs, the real models, the compile-cache probes, the in-kernel families), so
+#: the two pytest-xdist workers end together instead of one running a long test alone at the end.
+LONG_FIRST = ("test_serve_e2e.py", "test_ops_triton.py", "test_engine_real.py", "test_replay_engine.py",
+              "test_int8_engine.py", "test_compile_cache.py", "test_engine_families.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 @pytest.fixture(autouse=True)
 def _restore_maxact_environment():
     """The CLI sets VLLM_MAXACT_* for the engine it starts, in the calling process (here: the
