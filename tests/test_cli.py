@@ -63,3 +63,25 @@ def test_scales_needs_int8_for_p999(tmp_path):
     doc = json.loads((tmp_path / "s.json").read_text())
     assert doc["sites"]["layers.0.residual"]["int8_scale"] == 100.0 / 127
     assert doc["sites"]["layers.0.residual"]["fp8_e4m3_scale"] == 100.0 / 448
+
+
+def test_replay_dtype_on_cpus_without_bf16_matrix_units(monkeypatch):
+    """x86 without AVX-512 BF16 or AMX: float32 (bf16 GEMMs ~10x slower there); an explicit
+    --dtype always wins; CPUs with either extension keep the model's dtype."""
+    import platform
+
+    import torch
+
+    from vllm_maxact.cli import _cpu_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert _cpu_dtype(None) == "float32"
+    assert _cpu_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert _cpu_dtype(None) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert _cpu_dtype(None) is None
