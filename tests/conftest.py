@@ -149,8 +149,8 @@ def smollm2_calibration(smollm2_dir, domain_texts, tmp_path_factory) -> Path:
 #: (vLLM's CPU defaults: 4096 tokens for the LLM class, 2048 for `vllm serve`). vLLM's profiling
 #: and warm-up forwards run at the token budget, and on a CPU without AVX-512 bf16 GEMMs run at
 #: a few GFLOP/s (SmolLM2's engine start: 197 s at 4096); and vLLM's compile cache keys on both
-#: values, so with one setting the LLM-class engines and the servers share one compiled graph per
-#: model. Longer prompts are prefilled in chunks, which the recorder must handle anyway.
+#: values, so with one setting the LLM-class engines and the servers of a model key the same
+#: entry. Longer prompts are prefilled in chunks, which the recorder must handle anyway.
 TEST_MAX_BATCHED_TOKENS, TEST_MAX_SEQS = 512, 64
 
 
@@ -219,6 +219,26 @@ def within_cpu_drift(got: float, fp32: float, rtol: float, atol: float, bf16: fl
     spread = ROUNDING_FACTOR * abs(bf16 - fp32) if bf16 is not None else 0.0
     band = min(max(rtol * abs(fp32), CPU_KERNEL_DRIFT * abs(fp32), spread), BAND_CAP * abs(fp32))
     return abs(got - fp32) <= band + atol
+
+
+def off_float32_reference(got: dict, ref: dict, off: list[tuple[str, str]], model_dir: str,
+                          toks: list[list[int]], rtol: float, atol: float) -> list[str]:
+    """Of the (site, stat) pairs ``off`` the bf16 transformers reference ``ref``, those also
+    outside vLLM's CPU kernel drift (`within_cpu_drift`) of the float32 transformers forward of
+    the same weights, as messages; the float32 forward runs only when ``off`` is not empty."""
+    if not off:
+        return []
+    import torch
+
+    from vllm_maxact.reference import reference_stats
+
+    ref32 = reference_stats(model_dir, toks, dtype=torch.float32)
+    return [
+        f"{name}.{key}: vllm {got[name][key]:.5g} vs transformers bf16 {getattr(ref[name], key):.5g}, "
+        f"fp32 {getattr(ref32[name], key):.5g}"
+        for name, key in off
+        if not within_cpu_drift(got[name][key], getattr(ref32[name], key), rtol, atol, bf16=getattr(ref[name], key))
+    ]
 
 
 def stats_by_site(table) -> dict[str, dict]:

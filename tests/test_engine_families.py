@@ -16,8 +16,7 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
-from conftest import served_stats, stats_by_site, within_cpu_drift
+from conftest import off_float32_reference, served_stats, stats_by_site
 
 from vllm_maxact.reference import reference_stats
 from vllm_maxact.sites import Kind, Site
@@ -83,14 +82,7 @@ def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
         for key, rv in (("max", r.max), ("min", r.min), ("absmax", r.absmax)):
             if not close(g[key], rv, rtol):
                 bad.append((name, key))
-    if bad:  # off the bf16 reference: within vLLM's CPU kernel drift of the float32 one?
-        ref32 = reference_stats(model_dir, toks, dtype=torch.float32)
-        bad = [
-            f"{name}.{key}: vllm {got[name][key]:.5g} vs transformers bf16 {getattr(ref[name], key):.5g}, "
-            f"fp32 {getattr(ref32[name], key):.5g}"
-            for name, key in bad
-            if not within_cpu_drift(got[name][key], getattr(ref32[name], key), rtol, ATOL, bf16=getattr(ref[name], key))
-        ]
+    bad = off_float32_reference(got, ref, bad, model_dir, toks, rtol, ATOL)
     assert not bad, "\n".join(bad)
     # The sites really differ (so a mix-up could not pass): residual grows, gates do not.
     res = [got[Site(Kind.RESIDUAL, i).name]["absmax"] for i in sorted(layers)]

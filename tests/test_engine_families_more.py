@@ -24,8 +24,7 @@ import random
 import time
 
 import pytest
-import torch
-from conftest import build_llm, close_llm, prompt_only, stats_by_site, within_cpu_drift
+from conftest import build_llm, close_llm, off_float32_reference, prompt_only, stats_by_site
 
 import vllm_maxact
 from vllm_maxact.api import collect
@@ -130,13 +129,7 @@ def compare(got: dict, ref: dict, names: set[str], model_dir: str, toks: list[li
                 worst = max(worst, abs(g[key] - rv) / abs(rv))
     record_property("max_rel_dev", round(worst, 4))
     if off:
-        ref32 = reference_stats(model_dir, toks, dtype=torch.float32)
-        bad = [
-            f"{name}.{key}: vllm {got[name][key]:.5g} vs transformers bf16 {getattr(ref[name], key):.5g}, "
-            f"fp32 {getattr(ref32[name], key):.5g}"
-            for name, key in off
-            if not within_cpu_drift(got[name][key], getattr(ref32[name], key), RTOL, ATOL, bf16=getattr(ref[name], key))
-        ]
+        bad = off_float32_reference(got, ref, off, model_dir, toks, RTOL, ATOL)
         record_property("fp32_checked", [f"{n}.{k}" for n, k in off])
         assert not bad, "\n".join(bad)
 
