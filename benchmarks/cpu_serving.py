@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--dtype", default="auto",
+                    help="both servers' --dtype (auto: the checkpoint's bf16; float32 on CPUs without bf16 matrix units)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "cpu_serving.json")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -70,7 +72,7 @@ def main() -> None:
     for name, enable in (("plain", "0"), ("maxact", "1")):
         (work / name).mkdir(parents=True, exist_ok=True)
         servers[name] = VllmServer(model, work / name, name="smollm2", env={"VLLM_MAXACT_ENABLE": enable},
-                                   extra_args=("--no-enable-prefix-caching",))
+                                   extra_args=("--no-enable-prefix-caching", "--dtype", args.dtype))
     try:
         runs: dict[str, list[float]] = {"plain": [], "maxact": []}
         for srv in servers.values():  # warm-up
@@ -92,7 +94,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "vllm": vllm.__version__,
+        "vllm": vllm.__version__, "dtype": args.dtype,
         "requests_per_burst": args.requests, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "runs_output_tok_per_s": runs, "median_output_tok_per_s": med,
         "ratio_maxact_vs_plain": med["maxact"] / med["plain"],

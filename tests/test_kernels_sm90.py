@@ -102,3 +102,20 @@ def test_pipelined_loops_compile_to_asynchronous_copies(sm90):
         plain = regs_mod.compile_kernel(kernel, sig, {**const, "STAGES": None}, warps, target)
         piped = regs_mod.compile_kernel(kernel, sig, {**const, "STAGES": 3}, warps, target)
         assert "cp.async" not in plain.asm["ptx"] and "cp.async" in piped.asm["ptx"], kernel
+
+
+def test_launch_constants_from_the_environment(monkeypatch):
+    pytest.importorskip("triton")
+    from vllm_maxact import ops_norm
+
+    monkeypatch.setattr(ops_norm, "NORM_CHUNK_FROM", None)
+    monkeypatch.setattr(ops_norm, "ACT_FLAT_FROM", None)
+    monkeypatch.setattr(ops_norm, "NORM_CHUNK_C", 1024)
+    ops_norm._tuning_from_env(" NORM_CHUNK_FROM=1, ACT_FLAT_FROM=2048,NORM_CHUNK_C=512 ")
+    assert (ops_norm.NORM_CHUNK_FROM, ops_norm.ACT_FLAT_FROM, ops_norm.NORM_CHUNK_C) == (1, 2048, 512)
+    ops_norm._tuning_from_env("NORM_CHUNK_FROM=None")
+    assert ops_norm.NORM_CHUNK_FROM is None
+    for bad in ("NORM_CHUNK_FROM", "NOT_A_CONSTANT=1", "_sms=1", "triton=1", "NORM_CHUNK_C=x"):
+        with pytest.raises(ValueError, match="VLLM_MAXACT_OPS_NORM"):
+            ops_norm._tuning_from_env(bad)
+    assert ops_norm.NORM_CHUNK_C == 512  # a bad item changes nothing after it

@@ -96,6 +96,24 @@ NORM_CHUNK_PROGRAMS_PER_SM = 8
 NORM_WARPS = None
 
 
+def _tuning_from_env(spec: str | None) -> None:
+    """VLLM_MAXACT_OPS_NORM="NAME=VALUE,..." sets this module's launch constants above (integers
+    or None) in every process that imports it, vLLM's workers included: how the GPU benchmarks
+    time a setting inside a served model without a rebuilt package."""
+    for item in filter(None, (spec or "").replace(" ", "").split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name.isupper() or not isinstance(globals().get(name, ""), (int, type(None))):
+            raise ValueError(f"VLLM_MAXACT_OPS_NORM: {item!r} is not NAME=VALUE for one of ops_norm's "
+                             "integer launch constants (e.g. NORM_CHUNK_FROM=1,ACT_FLAT_FROM=2048)")
+        try:
+            globals()[name] = None if value == "None" else int(value)
+        except ValueError:
+            raise ValueError(f"VLLM_MAXACT_OPS_NORM: {item!r}: the value must be an integer or None") from None
+
+
+_tuning_from_env(os.environ.get("VLLM_MAXACT_OPS_NORM"))
+
+
 @functools.cache
 def _sms(device_index: int) -> int:
     if torch.cuda.is_available() and device_index >= 0:
