@@ -24,6 +24,8 @@ next repetition, and so on), after one untimed warm-up each:
   maxact_split  the same, cut into calls of about ``--split-seconds`` (``min_batch_tokens=0``):
                 its extra time over its extra calls prices one batch boundary, which a corpus
                 longer than one batch pays every ``--batch-seconds``
+  maxact_var    (``--variant-env SPEC``) ``maxact`` on another engine whose kernels run with
+                ``VLLM_MAXACT_OPS_NORM=SPEC`` (a launch setting of vllm_maxact/ops_norm.py)
   maxact_sync   (``--also-sync``) ``maxact`` on a third engine whose periodic collect waits for
                 the device (``VLLM_MAXACT_ASYNC_COLLECT=0``, the behaviour before 2026-12-03)
 
@@ -141,6 +143,9 @@ def main() -> None:
     ap.add_argument("--also-sync", action="store_true",
                     help="also time replay on a third engine whose periodic collect waits for the device "
                     "(VLLM_MAXACT_ASYNC_COLLECT=0); lower --mem to fit three engines")
+    ap.add_argument("--variant-env", default="",
+                    help="also time replay on a third engine whose kernels run with VLLM_MAXACT_OPS_NORM set to "
+                    "this (e.g. NORM_CHUNK_FROM=1): a launch setting against the default in the same run")
     ap.add_argument("--corpora", default="study,short", help="which corpora to time (comma-separated)")
     ap.add_argument("--profile", action="store_true",
                     help="after the timing, one run of each engine on each corpus under torch's profiler in its "
@@ -183,10 +188,13 @@ def main() -> None:
     data = {k: v for k, v in data.items() if k in wanted}
     max_len = max(len(t) for _, ids in data.values() for t in ids)
     engines = {}
-    builds = [("plain", "0", "1"), ("maxact", "1", "1")] + ([("maxact_sync", "1", "0")] if args.also_sync else [])
-    for name, enable, async_collect in builds:
+    builds = [("plain", "0", "1", ""), ("maxact", "1", "1", "")] + \
+        ([("maxact_sync", "1", "0", "")] if args.also_sync else []) + \
+        ([("maxact_var", "1", "1", args.variant_env)] if args.variant_env else [])
+    for name, enable, async_collect, tuning in builds:
         os.environ["VLLM_MAXACT_ENABLE"] = enable
         os.environ["VLLM_MAXACT_ASYNC_COLLECT"] = async_collect  # read by the spawned engine processes
+        os.environ["VLLM_MAXACT_OPS_NORM"] = tuning
         t0 = time.perf_counter()
         engines[name] = LLM(str(args.model), load_format="dummy", skip_tokenizer_init=True, seed=0,
                             enable_prefix_caching=False, max_model_len=max_len + 1,
@@ -198,7 +206,7 @@ def main() -> None:
     sp = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
 
     variants = ["plain", "maxact"] + (["maxact_split"] if args.split_seconds else []) + \
-        (["maxact_sync"] if args.also_sync else [])
+        (["maxact_sync"] if args.also_sync else []) + (["maxact_var"] if args.variant_env else [])
 
     def run(name: str, samples, ids) -> dict:
         llm = engines[name if name in engines else "maxact"]
@@ -239,7 +247,7 @@ def main() -> None:
                 save()
             med = {n: statistics.median(x["tok_per_s"] for x in v) for n, v in entry["runs"].items()}
             entry["median_tok_per_s"] = med
-            for label, suffix in (("maxact", ""), ("maxact_sync", "_sync")):
+            for label, suffix in (("maxact", ""), ("maxact_sync", "_sync"), ("maxact_var", "_var")):
                 if label in med:
                     entry["ratio" + suffix] = med[label] / med["plain"]
                     entry["pair_ratios" + suffix] = [b["tok_per_s"] / a["tok_per_s"] for a, b in
@@ -267,7 +275,7 @@ def main() -> None:
 
             for wname, (samples, ids) in data.items():
                 prof = res["workloads"][wname]["profile"] = {}
-                for name in ("plain", "maxact"):
+                for name in engines:
                     engines[name].apply_model(profile_start)
                     r = run(name, samples, ids)
                     summary = engines[name].apply_model(profile_stop)[0]
@@ -299,7 +307,7 @@ def main() -> None:
     res["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     save()
     print(json.dumps({k: {x: v.get(x) for x in ("samples", "tokens", "median_tok_per_s", "ratio", "pair_ratios",
-                                               "split", "ratio_sync", "vs_hf_hooks_anchor", "maxact_of_ceiling", "plain_of_ceiling")}
+                                               "split", "ratio_sync", "ratio_var", "pair_ratios_var", "vs_hf_hooks_anchor", "maxact_of_ceiling", "plain_of_ceiling")}
                       for k, v in res["workloads"].items()}, indent=1), flush=True)
     print("matmul ceiling:", res.get("matmul_ceiling"), "errors:", len(res["errors"]), flush=True)
 
