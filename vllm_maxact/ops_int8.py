@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from vllm_maxact.ops import cpu_op
+
 #: log2 histogram of |x| for percentile calibration: bin 0 holds zeros, then BINS_PER_OCTAVE bins
 #: per octave from 2**HIST_MIN_EXP to 2**(HIST_MIN_EXP + HIST_OCTAVES); the ends saturate.
 BINS_PER_OCTAVE = 32
@@ -62,9 +64,7 @@ def record_int8(
     qcnt[slot].add_(torch.where(on, counts, 0))
 
 
-@torch.library.custom_op(
-    "vllm_maxact::record_int8_cpu", mutates_args=("qacc", "qcnt", "qhist"), device_types="cpu"
-)
+@cpu_op("record_int8_cpu", mutates_args=("qacc", "qcnt", "qhist"))
 def record_int8_cpu(
     qthr: torch.Tensor, qacc: torch.Tensor, qcnt: torch.Tensor, qhist: torch.Tensor, qmode: torch.Tensor,
     n_valid: torch.Tensor, slot: int, x: torch.Tensor, with_hist: bool,
@@ -74,8 +74,3 @@ def record_int8_cpu(
     if int(qmode[0]) == 0 or int(n_valid[0]) <= 0:
         return
     record_int8(qthr, qacc, qcnt, qhist, qmode, n_valid, slot, x, with_hist=with_hist)
-
-
-@record_int8_cpu.register_fake
-def _(qthr, qacc, qcnt, qhist, qmode, n_valid, slot, x, with_hist) -> None:
-    return None
