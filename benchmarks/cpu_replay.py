@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replay throughput on the CPU: vllm-maxact replay vs plain vLLM prefill vs the study's method.
 
-Same model (bundled SmolLM2-135M, bf16), same tokens (the built-in corpus: the first N samples,
+Same model (bundled SmolLM2-135M; bf16, or float32 where `vllm-maxact replay` picks it), same tokens (the built-in corpus: the first N samples,
 or with --seed the replay CLI's subsample over every domain; tokenized once with the model's
 tokenizer, truncated to --max-tokens), same machine, one run:
 
@@ -34,13 +34,13 @@ import time
 from pathlib import Path
 
 
-def hf_hooks_tokens_per_s(model_dir: str, toks: list[list[int]]) -> float:
+def hf_hooks_tokens_per_s(model_dir: str, toks: list[list[int]], dtype: str) -> float:
     import torch
 
     from vllm_maxact.reference import load_model, reference_stats_for_model
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = load_model(model_dir)
+    model = load_model(model_dir, dtype=getattr(torch, dtype))
     reference_stats_for_model(model, toks[:2])  # warm-up
     t0 = time.perf_counter()
     reference_stats_for_model(model, toks)
@@ -55,10 +55,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--fused", action="store_true", help="also time the fused hot path (a third engine)")
+    ap.add_argument("--dtype", default=None,
+                    help="every path's dtype (default: what `vllm-maxact replay` picks: float32 on x86 CPUs "
+                    "without bf16 matrix units, else bfloat16)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_replay.json"))
     args = ap.parse_args()
-    from vllm_maxact.cli import _cpu_defaults
+    from vllm_maxact.cli import _cpu_defaults, _cpu_dtype
 
+    args.dtype = _cpu_dtype(args.dtype) or "bfloat16"
     _cpu_defaults()  # what `vllm-maxact replay` sets: KV-cache size, worker bound to every CPU
 
     import torch
@@ -82,7 +86,7 @@ def main() -> None:
         os.environ["VLLM_MAXACT_HOT_PATH"] = hot
         t0 = time.perf_counter()
         engines[name] = LLM(model, enable_prefix_caching=False, max_model_len=args.max_tokens + 1,
-                            dtype="bfloat16")
+                            dtype=args.dtype)
         startup[name] = time.perf_counter() - t0
     tok = engines["plain"].get_tokenizer()
     toks = [tok(s.text).input_ids[: args.max_tokens] for s in samples]
@@ -111,7 +115,7 @@ def main() -> None:
     for e in engines.values():
         e.llm_engine.engine_core.shutdown()
     engines.clear()
-    hf = [hf_hooks_tokens_per_s(model, toks) for _ in range(max(1, args.reps // 2))]
+    hf = [hf_hooks_tokens_per_s(model, toks, args.dtype) for _ in range(max(1, args.reps // 2))]
     med = {k: statistics.median(v) for k, v in runs.items()}
     med["hf_hooks"] = statistics.median(hf)
     result = {
@@ -119,7 +123,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
-        "vllm": vllm.__version__, "torch": torch.__version__,
+        "vllm": vllm.__version__, "torch": torch.__version__, "dtype": args.dtype,
         "samples": len(toks), "seed": args.seed, "max_tokens": args.max_tokens, "prompt_tokens": n_tokens, "runs": runs, "hf_hooks_runs": hf,
         "median_tok_per_s": med,
         "startup_s": startup,
