@@ -112,7 +112,7 @@ def record(
 _LIB = torch.library.Library("vllm_maxact", "FRAGMENT")
 
 
-def cpu_op(name: str, mutates_args: tuple[str, ...]):
+def register_cpu_op(name: str, mutates_args: tuple[str, ...]):
     """Decorator: register ``fn`` as ``torch.ops.vllm_maxact.<name>`` (CPU kernel, a fake kernel
     for tracing that returns nothing) and return that op."""
 
@@ -125,7 +125,7 @@ def cpu_op(name: str, mutates_args: tuple[str, ...]):
     return register
 
 
-@cpu_op("record_cpu", mutates_args=("extrema", "counts"))
+@register_cpu_op("record_cpu", mutates_args=("extrema", "counts"))
 def record_cpu(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
                xs: list[torch.Tensor]) -> None:
     """`record` for CPU tensors, for several sites of one buffer at once. The buffers are read
@@ -174,7 +174,7 @@ def record_channels(chan: torch.Tensor, n_valid: torch.Tensor, row: int, x: torc
     chan.copy_(torch.where(sel, torch.maximum(chan, m[None, :]), chan))
 
 
-@cpu_op("record_channels_cpu", mutates_args=("chan",))
+@register_cpu_op("record_channels_cpu", mutates_args=("chan",))
 def record_channels_cpu(chan: torch.Tensor, n_valid: torch.Tensor, row: int, x: torch.Tensor) -> None:
     """`record_channels` for CPU tensors (see `record_cpu`)."""
     n = int(n_valid[0])

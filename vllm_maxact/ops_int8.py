@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_maxact.ops import cpu_op
+from vllm_maxact.ops import register_cpu_op
 
 #: log2 histogram of |x| for percentile calibration: bin 0 holds zeros, then BINS_PER_OCTAVE bins
 #: per octave from 2**HIST_MIN_EXP to 2**(HIST_MIN_EXP + HIST_OCTAVES); the ends saturate.
@@ -64,7 +64,7 @@ def record_int8(
     qcnt[slot].add_(torch.where(on, counts, 0))
 
 
-@cpu_op("record_int8_cpu", mutates_args=("qacc", "qcnt", "qhist"))
+@register_cpu_op("record_int8_cpu", mutates_args=("qacc", "qcnt", "qhist"))
 def record_int8_cpu(
     qthr: torch.Tensor, qacc: torch.Tensor, qcnt: torch.Tensor, qhist: torch.Tensor, qmode: torch.Tensor,
     n_valid: torch.Tensor, slot: int, x: torch.Tensor, with_hist: bool,
