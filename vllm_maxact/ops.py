@@ -108,7 +108,9 @@ def record(
 #: The CPU ops are registered with a CPU kernel only, as vLLM registers its own ops
 #: (`vllm.utils.torch_utils.direct_register_custom_op`): `torch.library.custom_op` adds
 #: Python-level autograd and in-place wrappers to every call, which on a 2-core CPU cost more
-#: than the op (about 70 of 110 us per decoder layer at decode sizes).
+#: than the op (about 70 of 110 us per decoder layer at decode sizes). vLLM's helper itself is
+#: not called: importing it imports vLLM (about 2.7 s), and `vllm-maxact scales` imports this
+#: module (through ops_int8) without ever starting an engine.
 _LIB = torch.library.Library("vllm_maxact", "FRAGMENT")
 
 
