@@ -62,24 +62,11 @@ KERNELS = {
     "ast2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": 2}),
     "ast4": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_STAGES": 4}),
     "c2048": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_BLOCK_C": 2048}),
-    # the norm read in column chunks, two passes, elementwise statistics (`_norm_chunk_kernel`):
-    # chunk width / warps / programs per SM
-    "ch": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1}),
-    "ch4": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_WARPS": 4,
-                                                   "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
-    "ch512": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_C": 512,
-                                                     "NORM_CHUNK_WARPS": 4, "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
-    "ch2k": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_C": 2048}),
-    "chp4": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_PROGRAMS_PER_SM": 4}),
-    "chp16": ("vllm_maxact/ops_norm.py", "relaxed", {"NORM_CHUNK_FROM": 1, "NORM_CHUNK_PROGRAMS_PER_SM": 16}),
+    # (the norm in column chunks, `ch*`, and SiLU-and-mul one tile per program, `flat*`, were
+    # timed here on 2026-12-05 and removed with their kernels: RESULTS.md, seventh run)
     # more SiLU-and-mul programs only (p16 also changes the norm's)
     "ap16": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_PROGRAMS_PER_SM": 16}),
     "ap32": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_PROGRAMS_PER_SM": 32}),
-    # SiLU-and-mul one tile per program, no row loop (`_silu_flat_kernel`): rows per tile, warps
-    "flat": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1}),
-    "flat2": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1, "ACT_FLAT_T": 2}),
-    "flat8": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1, "ACT_FLAT_T": 8}),
-    "flat8w8": ("vllm_maxact/ops_norm.py", "relaxed", {"ACT_FLAT_FROM": 1, "ACT_FLAT_T": 8, "ACT_FLAT_WARPS": 8}),
 }
 
 

@@ -145,7 +145,7 @@ def main() -> None:
                     "(VLLM_MAXACT_ASYNC_COLLECT=0); lower --mem to fit three engines")
     ap.add_argument("--variant-env", default="",
                     help="also time replay on a third engine whose kernels run with VLLM_MAXACT_OPS_NORM set to "
-                    "this (e.g. NORM_CHUNK_FROM=1): a launch setting against the default in the same run")
+                    "this (e.g. ACT_PROGRAMS_PER_SM=32): a launch setting against the default in the same run")
     ap.add_argument("--corpora", default="study,short", help="which corpora to time (comma-separated)")
     ap.add_argument("--profile", action="store_true",
                     help="after the timing, one run of each engine on each corpus under torch's profiler in its "

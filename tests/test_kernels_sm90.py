@@ -65,22 +65,6 @@ def test_norm_kernel_compiles_for_sm90_without_spills(sm90, form):
     assert regs <= 128, (form, regs)
 
 
-@pytest.mark.parametrize("form", [
-    {},
-    {"REC_O": True},
-    {"HAS_RES": False, "REC_S": False},
-])
-def test_chunked_norm_kernel_compiles_for_sm90_without_spills(sm90, form):
-    """The large-step norm read in column chunks (`ops_norm.NORM_CHUNK_FROM`), at the module's
-    chunk width and warps: its point is few registers, so many programs per SM."""
-    regs_mod, ops_norm, target = sm90
-    const = {"HAS_RES": True, "HAS_W": True, "REC_X": True, "REC_S": True, "REC_O": False, "RTNE": False,
-             "SKIP": False, "BC": ops_norm.NORM_CHUNK_C, **form}
-    regs, stack = _usage(regs_mod.usage(ops_norm._norm_chunk_kernel, regs_mod.NORM_SIG, const,
-                                        ops_norm.NORM_CHUNK_WARPS, target))
-    assert stack == 0 and regs <= 64, (form, regs, stack)
-
-
 @pytest.mark.parametrize("form", [{"SKIP": True, "STAGES": None}, {"SKIP": False, "STAGES": 3}])
 def test_silu_and_mul_kernel_compiles_for_sm90_without_spills(sm90, form):
     regs_mod, ops_norm, target = sm90
@@ -108,14 +92,70 @@ def test_launch_constants_from_the_environment(monkeypatch):
     pytest.importorskip("triton")
     from vllm_maxact import ops_norm
 
-    monkeypatch.setattr(ops_norm, "NORM_CHUNK_FROM", None)
-    monkeypatch.setattr(ops_norm, "ACT_FLAT_FROM", None)
-    monkeypatch.setattr(ops_norm, "NORM_CHUNK_C", 1024)
-    ops_norm._tuning_from_env(" NORM_CHUNK_FROM=1, ACT_FLAT_FROM=2048,NORM_CHUNK_C=512 ")
-    assert (ops_norm.NORM_CHUNK_FROM, ops_norm.ACT_FLAT_FROM, ops_norm.NORM_CHUNK_C) == (1, 2048, 512)
-    ops_norm._tuning_from_env("NORM_CHUNK_FROM=None")
-    assert ops_norm.NORM_CHUNK_FROM is None
-    for bad in ("NORM_CHUNK_FROM", "NOT_A_CONSTANT=1", "_sms=1", "triton=1", "NORM_CHUNK_C=x"):
+    monkeypatch.setattr(ops_norm, "NORM_STAGES", 3)
+    monkeypatch.setattr(ops_norm, "ACT_PROGRAMS_PER_SM", None)
+    monkeypatch.setattr(ops_norm, "ACT_BLOCK_C", 1024)
+    ops_norm._tuning_from_env(" NORM_STAGES=2, ACT_PROGRAMS_PER_SM=32,ACT_BLOCK_C=512 ")
+    assert (ops_norm.NORM_STAGES, ops_norm.ACT_PROGRAMS_PER_SM, ops_norm.ACT_BLOCK_C) == (2, 32, 512)
+    ops_norm._tuning_from_env("NORM_STAGES=None")
+    assert ops_norm.NORM_STAGES is None
+    for bad in ("NORM_STAGES", "NOT_A_CONSTANT=1", "_sms=1", "triton=1", "ACT_BLOCK_C=x"):
         with pytest.raises(ValueError, match="VLLM_MAXACT_OPS_NORM"):
             ops_norm._tuning_from_env(bad)
-    assert ops_norm.NORM_CHUNK_C == 512  # a bad item changes nothing after it
+    assert ops_norm.ACT_BLOCK_C == 512  # a bad item changes nothing after it
+
+
+def _compile_keys(monkeypatch, kernel, launch, sizes, target) -> dict[int, str]:
+    """The key under which Triton caches ``kernel``'s binary for the launch ``launch(T)`` makes,
+    for each T in ``sizes``: the specialization Triton's own binder computes for sm_90 from the
+    arguments our launcher passes (captured instead of launched), plus the launch options."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(target))
+    launches = []
+    monkeypatch.setattr(kernel, "run", lambda *a, grid, warmup, **kw: launches.append((a, kw)))
+    keys = {}
+    for t in sizes:
+        launches.clear()
+        launch(t)
+        assert len(launches) == 1, (kernel, t)
+        _, spec, options = binder(*launches[0][0], **launches[0][1])
+        keys[t] = f"{spec} {sorted(options.items())}"
+    return keys
+
+
+@pytest.mark.parametrize("sizes", [(2, 3, 16, 48), (100, 101, 112, 1000)], ids=["decode", "prefill"])
+def test_token_counts_do_not_select_a_new_binary(sm90, monkeypatch, sizes):
+    """A step's token count reaches every kernel as an argument; were it specialized on its
+    divisibility by 16, the first step of a new kind (a partly filled prefill after a warm-up of
+    16,384 tokens) would compile during serving, a 1-2 s stall. Within one class of launch
+    settings (the launcher's size-dependent constants: rows read first at decode sizes, the
+    pipelined loop for large steps), every count must map to the binary warm-up built."""
+    import torch
+
+    from vllm_maxact import ops_triton
+
+    _, ops_norm, target = sm90
+    H = 256
+
+    def ext(n):
+        return torch.zeros(n, 2), torch.zeros(n, 2, dtype=torch.int64)
+
+    def norm(t):
+        x, r = torch.ones(t, H, dtype=torch.bfloat16), torch.ones(t, H, dtype=torch.bfloat16)
+        torch.ops.vllm_maxact.rms_norm_rec(x, r, torch.ones(H, dtype=torch.bfloat16), 1e-5, torch.tensor([t]),
+                                           *ext(4), 1, 3, *ext(2), 0)
+
+    def act(t):
+        torch.ops.vllm_maxact.silu_and_mul_rec(torch.ones(t, 2 * H, dtype=torch.bfloat16), torch.tensor([t]),
+                                               *ext(4), 2)
+
+    def record(t):
+        x = torch.ones(t, H, dtype=torch.bfloat16)
+        ops_triton.launch(*ext(4), torch.tensor([t]), [1, 3], [x, x])
+
+    for kernel, launch in ((ops_norm._norm_kernel, norm), (ops_norm._silu_mul_kernel, act),
+                           (ops_triton._layer_kernel, record)):
+        keys = _compile_keys(monkeypatch, kernel, launch, sizes, target)
+        assert len(set(keys.values())) == 1, (kernel, keys)

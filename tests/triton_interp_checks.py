@@ -11,31 +11,24 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_ops_tr
 from vllm_maxact import ops_triton  # noqa: E402
 
 
-@pytest.fixture(params=["gpu_form", "interpreter_form", "flat_form"])
+@pytest.fixture(params=["gpu_form", "interpreter_form"])
 def form(request, monkeypatch):
     """The in-kernel ops in both forms: the GPU's (one multi-operand reduction per norm row,
     SiLU-and-mul one row per step) and the one the interpreter runs by default (builtin
-    reductions, 8-row steps); and SiLU-and-mul one tile per program (`ops_norm.ACT_FLAT_FROM`),
-    8 rows x 512 columns, so tiles end inside rows and inside the row count."""
+    reductions, 8-row steps)."""
     from vllm_maxact import ops_norm
 
     gpu = request.param != "interpreter_form"
     monkeypatch.setattr(ops_norm, "MULTI_REDUCE", gpu)
     monkeypatch.setattr(ops_norm, "ACT_BLOCK_T_INTERPRET", ops_norm.ACT_BLOCK_T if gpu else 8)
-    if request.param == "flat_form":
-        monkeypatch.setattr(ops_norm, "ACT_FLAT_FROM", 1)
-        monkeypatch.setattr(ops_norm, "ACT_BLOCK_C", 512)
-        monkeypatch.setattr(ops_norm, "ACT_FLAT_T", 8)
     return request.param
 
 
-@pytest.fixture(params=["gpu_form", "interpreter_form", "prefetch_form", "chunk_form"])
+@pytest.fixture(params=["gpu_form", "interpreter_form", "prefetch_form"])
 def norm_form(request, monkeypatch):
     """`form`, plus the GPU form with the norm loading each program's next row ahead
     (`ops_norm.NORM_PREFETCH_FROM`, and the loop's pipelining stages, which the interpreter
-    accepts and ignores), for every row count, one row per program included; and the norm read
-    in column chunks (`ops_norm.NORM_CHUNK_FROM`), 32 columns each, so rows of 80 and 96 take
-    three chunks, the last one part-masked."""
+    accepts and ignores), for every row count, one row per program included."""
     from vllm_maxact import ops_norm
 
     gpu = request.param != "interpreter_form"
@@ -45,9 +38,6 @@ def norm_form(request, monkeypatch):
         monkeypatch.setattr(ops_norm, "NORM_PREFETCH_FROM", 1)
         monkeypatch.setattr(ops_norm, "NORM_STAGES", 2)
         monkeypatch.setattr(ops_norm, "NORM_STAGES_FROM", 1)
-    if request.param == "chunk_form":
-        monkeypatch.setattr(ops_norm, "NORM_CHUNK_FROM", 1)
-        monkeypatch.setattr(ops_norm, "NORM_CHUNK_C", 32)
     return request.param
 
 

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_maxact.ops_triton import _rows, _site, fold_atomic, seen
+from vllm_maxact.ops_triton import _rows, _site, fold_atomic, jit_token_count, seen
 
 #: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
 PROGRAMS_PER_SM = 8
@@ -48,14 +48,6 @@ ACT_BLOCK_T_INTERPRET = 8  # the same under Triton's interpreter, where each ste
 #: per program, 6.7 instead of 6.2: Triton's default there)
 ACT_STAGES = 3
 ACT_STAGES_FROM = 8
-#: From this many tokens (None: never), SiLU-and-mul runs as `_silu_flat_kernel`: one tile of
-#: ACT_FLAT_T rows x ACT_BLOCK_C columns per program, no row loop (Inductor's elementwise
-#: layout: many short programs), each program folding its tile where it passes the row's
-#: held extrema
-#: Off: measured on an H200 (2026-12-05) 2 % faster at 16k tokens, 3-7 % slower below.
-ACT_FLAT_FROM: int | None = None
-ACT_FLAT_T = 4
-ACT_FLAT_WARPS = 4
 #: one multi-operand reduction per row (True: the GPU form) or one builtin reduction per
 #: statistic (Triton's interpreter runs a multi-operand reduction element by element in Python);
 #: None: by TRITON_INTERPRET. The interpreter checks run both.
@@ -83,17 +75,10 @@ SKIP_SEEN = 64
 NORM_STAGES: int | None = 3
 NORM_STAGES_FROM = 8
 NORM_PREFETCH_FROM = 0
-#: From this many tokens (None: never), the norm runs as `_norm_chunk_kernel`: each row in
-#: column chunks of NORM_CHUNK_C, two passes (sum of squares, then normalize, re-reading the
-#: row from L2 as Inductor's norm does), the statistics kept elementwise across rows and
-#: reduced once per program. Far fewer registers than a whole row per program, so many more
-#: programs (NORM_CHUNK_PROGRAMS_PER_SM, NORM_CHUNK_WARPS each) keep rows in flight.
-#: Off: measured on an H200 (2026-12-05) 26 % slower than the whole-row kernel at 16k tokens
-#: (182 against 144 us), 19-33 % at 256-2,048; no chunk width or programs per SM helps.
-NORM_CHUNK_FROM: int | None = None
-NORM_CHUNK_C = 1024
-NORM_CHUNK_WARPS = 8
-NORM_CHUNK_PROGRAMS_PER_SM = 8
+#: Tried on an H200 and removed (benchmarks/RESULTS.md, 2026-12-05, seventh run): the norm read
+#: in column chunks in two passes, as Inductor lays it out (46 registers, five programs per SM),
+#: 26 % slower at 16k tokens and 19-33 % below; SiLU-and-mul one tile per program with no row
+#: loop, 2 % faster at 16k tokens and 3-7 % slower below.
 #: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
 #: (16 warps: 70 registers, one program per SM, measured slower than 8 on an H200 at every size)
 NORM_WARPS = None
@@ -107,7 +92,7 @@ def _tuning_from_env(spec: str | None) -> None:
         name, sep, value = item.partition("=")
         if not sep or not name.isupper() or not isinstance(globals().get(name, ""), (int, type(None))):
             raise ValueError(f"VLLM_MAXACT_OPS_NORM: {item!r} is not NAME=VALUE for one of ops_norm's "
-                             "integer launch constants (e.g. NORM_CHUNK_FROM=1,ACT_FLAT_FROM=2048)")
+                             "integer launch constants (e.g. NORM_STAGES=None,ACT_STAGES=2)")
         try:
             globals()[name] = None if value == "None" else int(value)
         except ValueError:
@@ -192,7 +177,7 @@ def _finish(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BH
         _site(v_ptr, H, stride, n, e_ptr, c_ptr, pos, pid, 0, step, 1, BH)
 
 
-@triton.jit
+@jit_token_count("T")
 def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
                  ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
                  HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
@@ -286,94 +271,7 @@ def _norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, 
         _finish(out_ptr, so, H, n, pid, step, ho, lo, soh, sol, eb_ptr, cb_ptr, pos_o, BH)
 
 
-@triton.jit
-def _finish_cols(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BC: tl.constexpr):
-    """`_finish` for a row read in column chunks of ``BC``: the exact path one chunk at a time."""
-    if (h < float("inf")) & (lw > float("-inf")):
-        fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
-    else:
-        tl.debug_barrier()
-        for c in range(0, tl.cdiv(H, BC)):
-            _site(v_ptr, H, stride, n, e_ptr, c_ptr, pos, pid, c, step, 1, BC)
-
-
-@triton.jit
-def _norm_chunk_kernel(x_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, T, H, sx, sr, so, sro, eps, nv_ptr,
-                       ea_ptr, ca_ptr, pos_x, pos_s, eb_ptr, cb_ptr, pos_o,
-                       HAS_RES: tl.constexpr, HAS_W: tl.constexpr, REC_X: tl.constexpr, REC_S: tl.constexpr,
-                       REC_O: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr, SKIP: tl.constexpr):
-    """`_norm_kernel`'s work and recording, each row read in column chunks of ``BC``: a first
-    pass stores the sum and accumulates its squares, a second re-reads the row's inputs (from
-    L2) and normalizes. Statistics stay elementwise ([BC] accumulators, no barrier) until the
-    program's end: one reduction per row (the sum of squares) instead of one per row and
-    tensor, and registers for many programs per SM."""
-    pid = tl.program_id(0)
-    step = tl.num_programs(0)
-    n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
-    if REC_X:
-        sxh, sxl = _seen(ea_ptr, pos_x, SKIP)
-    if REC_S:
-        ssh, ssl = _seen(ea_ptr, pos_s, SKIP)
-    if REC_O:
-        soh, sol = _seen(eb_ptr, pos_o, SKIP)
-    offs = tl.arange(0, BC)
-    hx = tl.full([BC], float("-inf"), tl.float32)
-    lx = tl.full([BC], float("inf"), tl.float32)
-    hs = tl.full([BC], float("-inf"), tl.float32)
-    ls = tl.full([BC], float("inf"), tl.float32)
-    ho = tl.full([BC], float("-inf"), tl.float32)
-    lo = tl.full([BC], float("inf"), tl.float32)
-    for row in range(pid, T, step):
-        valid = row < n
-        row64 = tl.cast(row, tl.int64)
-        acc = tl.zeros([BC], tl.float32)
-        for c0 in range(0, H, BC):
-            cols = c0 + offs
-            cm = cols < H
-            vm = cm & valid
-            x = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
-            if HAS_RES:
-                s = x + tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
-                s_out = _cast(s, rout_ptr.dtype.element_ty, RTNE)
-                tl.store(rout_ptr + row64 * sro + cols, s_out, mask=cm)
-                sf = s_out.to(tl.float32)
-            else:
-                s = x
-                sf = x
-            acc += s * s
-            if REC_X:
-                hx, lx = tl.maximum(hx, _hi(x, vm)), tl.minimum(lx, _lo(x, vm))
-            if REC_S:
-                hs, ls = tl.maximum(hs, _hi(sf, vm)), tl.minimum(ls, _lo(sf, vm))
-        rstd = tl.rsqrt(tl.sum(acc, axis=0) / H + eps)
-        for c0 in range(0, H, BC):
-            cols = c0 + offs
-            cm = cols < H
-            s = tl.load(x_ptr + row64 * sx + cols, mask=cm, other=0.0).to(tl.float32)
-            if HAS_RES:
-                s += tl.load(r_ptr + row64 * sr + cols, mask=cm, other=0.0).to(tl.float32)
-            y = s * rstd
-            if HAS_W:
-                w = tl.load(w_ptr + cols, mask=cm, other=0.0)
-                y = _cast(y, w_ptr.dtype.element_ty, RTNE and w_ptr.dtype.element_ty == tl.bfloat16).to(tl.float32) \
-                    * w.to(tl.float32)
-            y_out = _cast(y, out_ptr.dtype.element_ty, RTNE)
-            tl.store(out_ptr + row64 * so + cols, y_out, mask=cm)
-            if REC_O:
-                yf = y_out.to(tl.float32)
-                ho, lo = tl.maximum(ho, _hi(yf, cm & valid)), tl.minimum(lo, _lo(yf, cm & valid))
-    if REC_X:
-        _finish_cols(x_ptr, sx, H, n, pid, step, tl.max(hx, axis=0), tl.min(lx, axis=0), sxh, sxl,
-                     ea_ptr, ca_ptr, pos_x, BC)
-    if REC_S:
-        _finish_cols(rout_ptr, sro, H, n, pid, step, tl.max(hs, axis=0), tl.min(ls, axis=0), ssh, ssl,
-                     ea_ptr, ca_ptr, pos_s, BC)
-    if REC_O:
-        _finish_cols(out_ptr, so, H, n, pid, step, tl.max(ho, axis=0), tl.min(lo, axis=0), soh, sol,
-                     eb_ptr, cb_ptr, pos_o, BC)
-
-
-@triton.jit
+@jit_token_count("T")
 def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                      REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr,
                      MULTI: tl.constexpr, SKIP: tl.constexpr, STAGES: tl.constexpr):
@@ -432,44 +330,6 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
                         tl.sum(bx & 0xFFFF, axis=0), tl.sum(bx >> 16, axis=0), sh, sl)
 
 
-@triton.jit
-def _silu_flat_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
-                      REC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, RTNE: tl.constexpr):
-    """Program (r, c): the tile of rows ``r * BT ...`` and column block ``c``. The tile's gate
-    statistics come from the values already in registers, the exact ones (finite max / min,
-    NaN and Inf counts) only where the tile holds a non-finite value; sent only where they
-    pass what the row held at the program's start (`ops_triton.seen`)."""
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    rows = pid_r * BT + tl.arange(0, BT)
-    cols = pid_c * BC + tl.arange(0, BC)
-    m = (rows < T)[:, None] & (cols < D)[None, :]
-    base = rows[:, None].to(tl.int64) * sx + cols[None, :]
-    g = tl.load(x_ptr + base, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(x_ptr + base + D, mask=m, other=0.0).to(tl.float32)
-    a = _cast(g * tl.sigmoid(g), out_ptr.dtype.element_ty, RTNE).to(tl.float32)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * so + cols[None, :],
-             _cast(a * u, out_ptr.dtype.element_ty, RTNE), mask=m)
-    if REC:
-        n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
-        if pid_r * BT < n:
-            vm = m & (rows < n)[:, None]
-            h = tl.max(tl.max(_hi(g, vm), axis=1), axis=0)
-            lw = tl.min(tl.min(_lo(g, vm), axis=1), axis=0)
-            sh, sl = seen(e_ptr, pos)
-            if (h < float("inf")) & (lw > float("-inf")):
-                fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
-            else:
-                is_nan = g != g
-                is_inf = tl.abs(g) == float("inf")
-                fin = vm & ~is_nan & ~is_inf
-                hx = tl.max(tl.max(tl.where(fin, g, float("-inf")), axis=1), axis=0)
-                lx = tl.min(tl.min(tl.where(fin, g, float("inf")), axis=1), axis=0)
-                cn = tl.sum(tl.sum((vm & is_nan).to(tl.int32), axis=1), axis=0)
-                ci = tl.sum(tl.sum((vm & is_inf).to(tl.int32), axis=1), axis=0)
-                fold_atomic(e_ptr, c_ptr, pos, hx, lx, cn, ci, float("-inf"), float("inf"))
-
-
 def _multi() -> bool:
     return MULTI_REDUCE if MULTI_REDUCE is not None else os.environ.get("TRITON_INTERPRET") != "1"
 
@@ -504,18 +364,13 @@ def rms_norm_rec(
     if (rec_x or rec_s) and ext_a is None or rec_o and ext_b is None:
         raise ValueError("rms_norm_rec: a recorded position needs its group's buffers")
     dummy = n_valid
-    # both kernels take the same arguments; they differ in launch settings
     args = (x2, r2, weight if weight is not None else x2, out, rout, T, H, x2.stride(0), r2.stride(0), H, H, eps,
             n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
             max(pos_x, 0), max(pos_s, 0),
             ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0))
     flags = dict(HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, RTNE=_rtne(x),
                  SKIP=T <= SKIP_SEEN)
-    if T and NORM_CHUNK_FROM is not None and T >= NORM_CHUNK_FROM:
-        grid = min(T, _max_programs(x, NORM_CHUNK_PROGRAMS_PER_SM))
-        _norm_chunk_kernel[(grid,)](*args, **flags, BC=min(NORM_CHUNK_C, triton.next_power_of_2(H)),
-                                    num_warps=NORM_CHUNK_WARPS)
-    elif T:
+    if T:
         block = triton.next_power_of_2(H)
         grid = min(T, _max_programs(x))
         _norm_kernel[(grid,)](
@@ -546,12 +401,7 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
     T, D2 = x2.shape
     D = D2 // 2
     out = torch.empty((T, D), dtype=x.dtype, device=x.device)
-    if T and ACT_FLAT_FROM is not None and T >= ACT_FLAT_FROM:
-        _silu_flat_kernel[(triton.cdiv(T, ACT_FLAT_T), triton.cdiv(D, ACT_BLOCK_C))](
-            x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
-            REC=pos >= 0, BT=ACT_FLAT_T, BC=ACT_BLOCK_C, RTNE=_rtne(x), num_warps=ACT_FLAT_WARPS,
-        )
-    elif T:
+    if T:
         cb = triton.cdiv(D, ACT_BLOCK_C)
         bt = ACT_BLOCK_T_INTERPRET if os.environ.get("TRITON_INTERPRET") == "1" else ACT_BLOCK_T
         rows = min(triton.cdiv(T, bt), max(1, _max_programs(x, ACT_PROGRAMS_PER_SM) // cb))

@@ -14,6 +14,8 @@ compiled graph holds one call per layer and CUDA graphs replay it.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import triton
 import triton.language as tl
@@ -23,6 +25,22 @@ MAX_SITES = 6
 BLOCK_T = 4  # rows per tile
 BLOCK_C = 1024  # columns per tile (one program covers one column block of its rows)
 MAX_ROW_PROGRAMS = 32  # row programs per column block; larger inputs loop
+
+#: Triton compiles one binary per specialization of a kernel's integer arguments, and by
+#: default an integer's specialization includes whether it is divisible by 16. A token count
+#: that changes with every step must not take part: otherwise the first step whose count has
+#: the other divisibility (a partly filled prefill step, say, once warm-up saw only 16,384)
+#: compiles during serving, a 1-2 s stall that vLLM's JIT monitor reports (H200,
+#: 2026-12-05: one replay run in seven, benchmarks/RESULTS.md). Counts of 1 stay specialized:
+#: decode at batch 1 is always captured in warm-up.
+_ALIGN_KW = next((k for k in ("do_not_specialize_on_alignment", "do_not_specialize")
+                  if k in inspect.signature(triton.jit).parameters), None)
+
+
+def jit_token_count(*names: str):
+    """``triton.jit``, the integer arguments ``names`` (token counts) not specialized on their
+    divisibility by 16."""
+    return triton.jit(**{_ALIGN_KW: list(names)}) if _ALIGN_KW else triton.jit
 
 
 @triton.jit
@@ -86,7 +104,7 @@ def _site(x_ptr, width, stride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_prog
         fold_atomic(ext_ptr, cnt_ptr, pos, h, lw, cn, ci, sh, sl)
 
 
-@triton.jit
+@jit_token_count("T")
 def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T,
                   x0, w0, s0, p0, x1, w1, s1, p1, x2, w2, s2, p2,
                   x3, w3, s3, p3, x4, w4, s4, p4, x5, w5, s5, p5,
