@@ -52,18 +52,29 @@ ALIGNED = {"x_ptr", "r_ptr", "w_ptr", "out_ptr", "rout_ptr", "H", "D", "sx", "sr
            "ca_ptr", "eb_ptr", "cb_ptr", "e_ptr", "c_ptr"}
 
 
-def compile_kernel(kernel, sig: dict, const: dict, warps: int, target: GPUTarget):
-    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in sig if a in ALIGNED}
+def compile_kernel(kernel, sig: dict, const: dict, warps: int, target: GPUTarget, also_aligned: tuple = ()):
+    aligned = ALIGNED.union(also_aligned)
+    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in sig if a in aligned}
     return triton.compile(ASTSource(fn=kernel, signature={**sig, **{c: "constexpr" for c in const}}, constexprs=const,
                                     attrs=attrs), target=target, options={"num_warps": warps})
 
 
-def usage(kernel, sig: dict, const: dict, warps: int, target: GPUTarget) -> str:
-    k = compile_kernel(kernel, sig, const, warps, target)
+def _cuobjdump(k, flag: str) -> str:
     cubin = Path(tempfile.mkdtemp()) / "k.cubin"
     cubin.write_bytes(k.asm["cubin"])
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    out = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    return subprocess.run([str(tool), flag, str(cubin)], capture_output=True, text=True, check=True).stdout
+
+
+def sass(kernel, sig: dict, const: dict, warps: int, target: GPUTarget, also_aligned: tuple = ()) -> list[str]:
+    """The kernel's machine instructions, without their addresses."""
+    out = _cuobjdump(compile_kernel(kernel, sig, const, warps, target, also_aligned), "-sass")
+    return [re.sub(r"/\*[0-9a-f]+\*/", "", line).strip() for line in out.splitlines()
+            if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+
+
+def usage(kernel, sig: dict, const: dict, warps: int, target: GPUTarget) -> str:
+    out = _cuobjdump(compile_kernel(kernel, sig, const, warps, target), "-res-usage")
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", out)
     return m.group(0) if m else out
 

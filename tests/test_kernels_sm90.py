@@ -159,3 +159,17 @@ def test_token_counts_do_not_select_a_new_binary(sm90, monkeypatch, sizes):
                            (ops_triton._layer_kernel, record)):
         keys = _compile_keys(monkeypatch, kernel, launch, sizes, target)
         assert len(set(keys.values())) == 1, (kernel, keys)
+
+
+def test_a_token_counts_divisibility_changes_no_instruction(sm90):
+    """Why not specializing the count costs nothing: the large-step forms compile to the same
+    sm_90 machine code whether or not Triton is told the count is divisible by 16 (it bounds
+    the row loop and masks rows; nothing is vectorized along it)."""
+    regs_mod, ops_norm, target = sm90
+    act = {"REC": True, "RTNE": False, "BC": ops_norm.ACT_BLOCK_C, "BT": ops_norm.ACT_BLOCK_T, "MULTI": True,
+           "SKIP": False, "STAGES": 3}
+    for kernel, sig, const, warps in ((ops_norm._norm_kernel, regs_mod.NORM_SIG, {**NORM, "STAGES": 3}, 8),
+                                      (ops_norm._silu_mul_kernel, regs_mod.ACT_SIG, act, 4)):
+        plain = regs_mod.sass(kernel, sig, const, warps, target)
+        aligned = regs_mod.sass(kernel, sig, const, warps, target, also_aligned=("T",))
+        assert len(plain) > 500 and plain == aligned, kernel
