@@ -105,39 +105,27 @@ def test_launch_constants_from_the_environment(monkeypatch):
     assert ops_norm.ACT_BLOCK_C == 512  # a bad item changes nothing after it
 
 
-def _compile_keys(monkeypatch, kernel, launch, sizes, target) -> dict[int, str]:
-    """The key under which Triton caches ``kernel``'s binary for the launch ``launch(T)`` makes,
-    for each T in ``sizes``: the specialization Triton's own binder computes for sm_90 from the
-    arguments our launcher passes (captured instead of launched), plus the launch options."""
-    from triton.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
+class _Launches:
+    """Launches of ``kernel`` (and compiles ahead through its ``warmup``) captured instead of run,
+    each as the key under which Triton caches its binary: the specialization Triton's own
+    binder computes for sm_90 from the arguments our launcher passes, plus the options."""
 
-    binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(target))
-    launches = []
-    monkeypatch.setattr(kernel, "run", lambda *a, grid, warmup, **kw: launches.append((a, kw)))
-    keys = {}
-    for t in sizes:
-        launches.clear()
-        launch(t)
-        assert len(launches) == 1, (kernel, t)
-        _, spec, options = binder(*launches[0][0], **launches[0][1])
-        keys[t] = f"{spec} {sorted(options.items())}"
-    return keys
+    def __init__(self, monkeypatch, kernel, target):
+        from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+
+        self.binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(target))
+        self.runs, self.ahead = [], []
+        monkeypatch.setattr(kernel, "run", self._run)
+
+    def _run(self, *args, grid, warmup, **kw):
+        _, spec, options = self.binder(*args, **kw)
+        (self.ahead if warmup else self.runs).append(f"{spec} {sorted(options.items())}")
 
 
-@pytest.mark.parametrize("sizes", [(2, 3, 16, 48), (100, 101, 112, 1000)], ids=["decode", "prefill"])
-def test_token_counts_do_not_select_a_new_binary(sm90, monkeypatch, sizes):
-    """A step's token count reaches every kernel as an argument; were it specialized on its
-    divisibility by 16, the first step of a new kind (a partly filled prefill after a warm-up of
-    16,384 tokens) would compile during serving, a 1-2 s stall. Within one class of launch
-    settings (the launcher's size-dependent constants: rows read first at decode sizes, the
-    pipelined loop for large steps), every count must map to the binary warm-up built."""
+def _launchers(ops_norm, ops_triton, H=256):
+    """(kernel, launch(T)) for the three recording kernels, through the real ops on CPU tensors."""
     import torch
-
-    from vllm_maxact import ops_triton
-
-    _, ops_norm, target = sm90
-    H = 256
 
     def ext(n):
         return torch.zeros(n, 2), torch.zeros(n, 2, dtype=torch.int64)
@@ -155,10 +143,48 @@ def test_token_counts_do_not_select_a_new_binary(sm90, monkeypatch, sizes):
         x = torch.ones(t, H, dtype=torch.bfloat16)
         ops_triton.launch(*ext(4), torch.tensor([t]), [1, 3], [x, x])
 
-    for kernel, launch in ((ops_norm._norm_kernel, norm), (ops_norm._silu_mul_kernel, act),
-                           (ops_triton._layer_kernel, record)):
-        keys = _compile_keys(monkeypatch, kernel, launch, sizes, target)
-        assert len(set(keys.values())) == 1, (kernel, keys)
+    return ((ops_norm._norm_kernel, norm), (ops_norm._silu_mul_kernel, act), (ops_triton._layer_kernel, record))
+
+
+@pytest.mark.parametrize("sizes", [(2, 3, 16, 48), (100, 101, 112, 1000)], ids=["decode", "prefill"])
+def test_token_counts_do_not_select_a_new_binary(sm90, monkeypatch, sizes):
+    """A step's token count reaches every kernel as an argument; were it specialized on its
+    divisibility by 16, the first step of a new kind (a partly filled prefill after a warm-up of
+    16,384 tokens) would compile during serving, a 1-2 s stall. Within one class of launch
+    settings (the launcher's size-dependent constants: rows read first at decode sizes, the
+    pipelined loop for large steps), every count must map to one binary."""
+    from vllm_maxact import ops_triton
+
+    _, ops_norm, target = sm90
+    monkeypatch.setattr(ops_triton, "_warm_upto", {})
+    for kernel, launch in _launchers(ops_norm, ops_triton):
+        seen = _Launches(monkeypatch, kernel, target)
+        for t in sizes:
+            launch(t)
+        assert len(seen.runs) == len(sizes) and len(set(seen.runs)) == 1, (kernel, seen.runs)
+
+
+def test_the_largest_step_compiles_every_smaller_steps_binary(sm90, monkeypatch):
+    """vLLM warms up with its largest step, then its CUDA-graph capture sizes; a count between
+    them (every count, with ``enforce_eager``) must not be the first to need a binary. The first
+    launch at a new largest count compiles one count of each launch class ahead
+    (`ops_triton.warm_ahead`): after it, every smaller count's launch is one already compiled,
+    and a second launch at the largest count compiles nothing more."""
+    from vllm_maxact import ops_triton
+
+    _, ops_norm, target = sm90
+    monkeypatch.setattr(ops_triton, "_warm_upto", {})
+    top = 1000
+    for kernel, launch in _launchers(ops_norm, ops_triton):
+        seen = _Launches(monkeypatch, kernel, target)
+        launch(top)
+        built = set(seen.runs) | set(seen.ahead)
+        assert len(set(seen.ahead)) >= 2, (kernel, seen.ahead)  # a count of 1, and more
+        n_ahead = len(seen.ahead)
+        for t in [*range(1, 150), 499, top]:
+            launch(t)
+            assert seen.runs[-1] in built, (kernel, t)
+        assert len(seen.ahead) == n_ahead, kernel
 
 
 def test_a_token_counts_divisibility_changes_no_instruction(sm90):

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_maxact.ops_triton import _rows, _site, fold_atomic, jit_token_count, seen
+from vllm_maxact.ops_triton import _rows, _site, fold_atomic, jit_token_count, seen, warm_ahead
 
 #: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
 PROGRAMS_PER_SM = 8
@@ -344,6 +344,27 @@ def _norm_warps(block: int) -> int:
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 
+def _norm_sized(t: int, programs: int) -> tuple[int, dict]:
+    """The norm's grid and the compile-time constants it derives from the token count ``t``."""
+    grid = min(t, programs)
+    return grid, {"SKIP": t <= SKIP_SEEN, "PREFETCH": 0 < NORM_PREFETCH_FROM * grid <= t,
+                  "STAGES": NORM_STAGES if NORM_STAGES and t >= NORM_STAGES_FROM * grid else None}
+
+
+def _norm_tuning() -> tuple:
+    return SKIP_SEEN, NORM_PREFETCH_FROM, NORM_STAGES, NORM_STAGES_FROM
+
+
+def _act_sized(t: int, bt: int, programs: int) -> tuple[int, dict]:
+    """SiLU-and-mul's row programs and the compile-time constants it derives from ``t``."""
+    rows = min(triton.cdiv(t, bt), programs)
+    return rows, {"SKIP": t <= SKIP_SEEN, "STAGES": ACT_STAGES if t >= ACT_STAGES_FROM * rows * bt else None}
+
+
+def _act_tuning() -> tuple:
+    return SKIP_SEEN, ACT_STAGES, ACT_STAGES_FROM
+
+
 @torch.library.custom_op("vllm_maxact::rms_norm_rec", mutates_args=("ext_a", "cnt_a", "ext_b", "cnt_b"))
 def rms_norm_rec(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None, eps: float,
@@ -368,16 +389,16 @@ def rms_norm_rec(
             n_valid, ext_a if ext_a is not None else dummy, cnt_a if cnt_a is not None else dummy,
             max(pos_x, 0), max(pos_s, 0),
             ext_b if ext_b is not None else dummy, cnt_b if cnt_b is not None else dummy, max(pos_o, 0))
-    flags = dict(HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o, RTNE=_rtne(x),
-                 SKIP=T <= SKIP_SEEN)
     if T:
         block = triton.next_power_of_2(H)
-        grid = min(T, _max_programs(x))
-        _norm_kernel[(grid,)](
-            *args, **flags, BH=block, MULTI=_multi(),
-            PREFETCH=0 < NORM_PREFETCH_FROM * grid <= T,
-            STAGES=NORM_STAGES if NORM_STAGES and T >= NORM_STAGES_FROM * grid else None, num_warps=NORM_WARPS or _norm_warps(block),
-        )
+        flags = dict(HAS_RES=has_res, HAS_W=weight is not None, REC_X=rec_x, REC_S=rec_s, REC_O=rec_o,
+                     RTNE=_rtne(x), BH=block, MULTI=_multi(), num_warps=NORM_WARPS or _norm_warps(block))
+        programs = _max_programs(x)
+        grid, consts = _norm_sized(T, programs)
+        _norm_kernel[(grid,)](*args, **flags, **consts)
+        warm_ahead(("norm", x.dtype, H, args[7], args[8], pos_x, pos_s, pos_o, has_res, weight is None), T,
+                   _norm_sized, (programs,), _norm_tuning(),
+                   lambda t, g, c: _norm_kernel.warmup(*args[:5], t, *args[6:], grid=(g,), **flags, **c))
     shape = x.shape
     if not has_res:
         return out.view(shape), x.new_empty(0)
@@ -404,13 +425,13 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
     if T:
         cb = triton.cdiv(D, ACT_BLOCK_C)
         bt = ACT_BLOCK_T_INTERPRET if os.environ.get("TRITON_INTERPRET") == "1" else ACT_BLOCK_T
-        rows = min(triton.cdiv(T, bt), max(1, _max_programs(x, ACT_PROGRAMS_PER_SM) // cb))
-        stages = ACT_STAGES if T >= ACT_STAGES_FROM * rows * bt else None
-        _silu_mul_kernel[(cb, rows)](
-            x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0),
-            REC=pos >= 0, BT=bt, BC=ACT_BLOCK_C, RTNE=_rtne(x), MULTI=_multi(), SKIP=T <= SKIP_SEEN,
-            STAGES=stages, num_warps=4,
-        )
+        params = (bt, max(1, _max_programs(x, ACT_PROGRAMS_PER_SM) // cb))
+        rows, consts = _act_sized(T, *params)
+        args = (x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0))
+        flags = dict(REC=pos >= 0, BT=bt, BC=ACT_BLOCK_C, RTNE=_rtne(x), MULTI=_multi(), num_warps=4)
+        _silu_mul_kernel[(cb, rows)](*args, **flags, **consts)
+        warm_ahead(("act", x.dtype, D, args[4], pos), T, _act_sized, params, _act_tuning(),
+                   lambda t, r, c: _silu_mul_kernel.warmup(*args[:2], t, *args[3:], grid=(cb, r), **flags, **c))
     return out.view(*x.shape[:-1], D)
 
 

@@ -14,11 +14,16 @@ compiled graph holds one call per layer and CUDA graphs replay it.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+logger = logging.getLogger("vllm_maxact")
 
 #: sites one launch covers; a group with more is split into several launches
 MAX_SITES = 6
@@ -41,6 +46,49 @@ def jit_token_count(*names: str):
     """``triton.jit``, the integer arguments ``names`` (token counts) not specialized on their
     divisibility by 16."""
     return triton.jit(**{_ALIGN_KW: list(names)}) if _ALIGN_KW else triton.jit
+
+
+#: launch key -> the largest token count whose launch settings are compiled (`warm_ahead`)
+_warm_upto: dict[tuple, int] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _size_classes(settings, params: tuple, t_max: int, tuning: tuple) -> tuple[int, ...]:
+    """The smallest token count of each distinct launch class up to ``t_max``: the constants
+    ``settings(t, *params)`` derives from the count, and whether it is 1 (the one value Triton
+    still specializes). ``tuning``: the module constants ``settings`` reads, so a change
+    re-derives."""
+    first: dict = {}
+    for t in range(1, t_max + 1):
+        first.setdefault((t == 1, tuple(sorted(settings(t, *params)[1].items()))), t)
+    return tuple(first.values())
+
+
+def warm_ahead(key: tuple, T: int, settings, params: tuple, tuning: tuple, compile_at) -> None:
+    """Compile now, not while serving, the binaries a kernel needs for launches like this one at
+    every token count up to ``T`` (``key``: what selects the launch's binary besides the count).
+
+    A launcher derives some compile-time constants from the count (``settings(t, *params)`` ->
+    (grid, constants): the pipelined loop for large steps, the rows' bounds read first at
+    decode sizes). vLLM's warm-up runs its largest step first, then its CUDA-graph capture
+    sizes; with few capture sizes (a small ``max_num_seqs``) or none (``enforce_eager``), a
+    class between them would first compile on a served step, a stall of a second or more. So
+    the first launch at a new largest count compiles one count of each class (``compile_at(t,
+    grid, constants)``: the kernel's ``warmup``, no launch). Skipped under Triton's interpreter
+    (nothing to compile) and during CUDA-graph capture (the largest step came before it)."""
+    done = _warm_upto.get(key, 0)
+    if T <= done or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return
+    _warm_upto[key] = T
+    try:
+        for t in _size_classes(settings, params, T, tuning):
+            if t > done:
+                compile_at(t, *settings(t, *params))
+    except Exception as e:  # a failed compile here only postpones it to the launch that needs it
+        logger.warning("vllm-maxact: could not compile %s ahead for token counts up to %d (%s: %s); a step "
+                       "of a new size may compile it while serving", key[0], T, type(e).__name__, e)
 
 
 @triton.jit
@@ -152,15 +200,21 @@ def launch(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, s
         if tokens == 0:
             continue
         cc = triton.cdiv(max(v.shape[1] for _, v in part), BLOCK_C)
-        rp = min(triton.cdiv(tokens, BLOCK_T), MAX_ROW_PROGRAMS)
         args = []
         for k in range(MAX_SITES):
             slot, v = part[min(k, len(part) - 1)]
             args += [v, v.shape[1], v.stride(0), slot]
-        _layer_kernel[(rp * cc, len(part))](
-            extrema, counts, n_valid, tokens, *args, NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C,
-            num_warps=4,
-        )
+        consts = dict(NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C, num_warps=4)
+        _layer_kernel[(_layer_rows(tokens)[0] * cc, len(part))](extrema, counts, n_valid, tokens, *args, **consts)
+        warm_ahead(("layer", *(a.dtype if torch.is_tensor(a) else a for a in args), cc, len(part)),
+                   tokens, _layer_rows, (), (BLOCK_T, MAX_ROW_PROGRAMS),
+                   lambda t, rp, _, args=args, consts=consts: _layer_kernel.warmup(
+                       extrema, counts, n_valid, t, *args, grid=(rp * consts["CC"], consts["NS"]), **consts))
+
+
+def _layer_rows(t: int) -> tuple[int, dict]:
+    """`_layer_kernel`'s row programs for ``t`` tokens; no constant depends on the count."""
+    return min(triton.cdiv(t, BLOCK_T), MAX_ROW_PROGRAMS), {}
 
 
 # Registered for every device: CUDA in service; CPU only runs it under TRITON_INTERPRET=1 (tests).
