@@ -46,4 +46,6 @@ rm -f "$OUT"/*.md "$OUT"/*.tmp
 for spec in "${specs[@]}"; do
   IFS=: read -r label _ _ <<<"$spec"
   grep -h "gpu_overhead\|^|" "$OUT/$label.log" | tail -40
+  # vLLM's JIT monitor: a kernel compiled after warm-up stalls the step that needed it (logged once per kernel)
+  grep -h "JIT compilation during inference" "$OUT/$label.log" | sed 's/^/JIT after warm-up: /' || true
 done
