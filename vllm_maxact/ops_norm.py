@@ -396,7 +396,7 @@ def rms_norm_rec(
         programs = _max_programs(x)
         grid, consts = _norm_sized(T, programs)
         _norm_kernel[(grid,)](*args, **flags, **consts)
-        warm_ahead(("norm", x.dtype, H, args[7], args[8], pos_x, pos_s, pos_o, has_res, weight is None), T,
+        warm_ahead(("norm", x.dtype, H, x2.stride(0), r2.stride(0), pos_x, pos_s, pos_o, has_res, weight is None), T,
                    _norm_sized, (programs,), _norm_tuning(),
                    lambda t, g, c: _norm_kernel.warmup(*args[:5], t, *args[6:], grid=(g,), **flags, **c))
     shape = x.shape
@@ -430,7 +430,7 @@ def silu_and_mul_rec(x: torch.Tensor, n_valid: torch.Tensor, ext: torch.Tensor, 
         args = (x2, out, T, D, x2.stride(0), D, n_valid, ext, cnt, max(pos, 0))
         flags = dict(REC=pos >= 0, BT=bt, BC=ACT_BLOCK_C, RTNE=_rtne(x), MULTI=_multi(), num_warps=4)
         _silu_mul_kernel[(cb, rows)](*args, **flags, **consts)
-        warm_ahead(("act", x.dtype, D, args[4], pos), T, _act_sized, params, _act_tuning(),
+        warm_ahead(("act", x.dtype, D, x2.stride(0), pos), T, _act_sized, params, _act_tuning(),
                    lambda t, r, c: _silu_mul_kernel.warmup(*args[:2], t, *args[3:], grid=(cb, r), **flags, **c))
     return out.view(*x.shape[:-1], D)
 
