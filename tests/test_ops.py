@@ -14,15 +14,15 @@ from vllm_maxact.sites import Kind, Site
 SITES = [Site(Kind.EMBEDDING), Site(Kind.RESIDUAL, 0), Site(Kind.FINAL_NORM)]
 
 
-def make(hot_path: str = "fused") -> Recorder:
+def make(hot_path: str = "cpu_op") -> Recorder:
     return Recorder(SITES, device=torch.device("cpu"), hot_path=hot_path)
 
 
-#: Every hot path: the Inductor-visible ops, the opaque CPU op, and the Triton kernel (GPU),
-#: which runs here only in Triton's interpreter: tests/test_ops_triton.py runs these tests
-#: again in a process with TRITON_INTERPRET=1 (it must be set before Triton compiles anything,
-#: and must not reach the vLLM engines of other tests).
-HOT_PATHS = ["fused", "cpu_op"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+#: Every hot path that runs here: the opaque CPU op, and the Triton kernel (GPU), which runs here
+#: only in Triton's interpreter: tests/test_ops_triton.py runs these tests again in a process
+#: with TRITON_INTERPRET=1 (it must be set before Triton compiles anything, and must not reach
+#: the vLLM engines of other tests).
+HOT_PATHS = ["cpu_op"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
 PATHS = pytest.mark.parametrize("hot_path", HOT_PATHS)
 
 
@@ -306,8 +306,7 @@ def test_layer_groups_fold_once_per_layer_and_match_a_plain_forward(compiled, ho
 
     torch.manual_seed(0)
     model = _Top().eval()
-    rec = instrument(model, MaxActConfig(), torch.device("cpu"), adapter=Adapter())
-    rec.hot_path = hot_path
+    rec = instrument(model, MaxActConfig(hot_path=hot_path), torch.device("cpu"), adapter=Adapter(), compiled=compiled)
     assert len(rec._deferred) == 3  # every layer folds once
     assert {len(s) for s in rec.group_slots} == {1, 4}  # embedding / final norm; 4 sites per layer
     fwd = torch.compile(model, fullgraph=True, dynamic=True) if compiled else model
@@ -342,9 +341,8 @@ def test_channel_sites_record_per_channel_absmax(compiled, hot_path):
 
     torch.manual_seed(1)
     model = _Top().eval()
-    cfg = MaxActConfig(kinds="residual,mlp_in")
-    rec = instrument(model, cfg, torch.device("cpu"), adapter=Adapter())
-    rec.hot_path = hot_path
+    cfg = MaxActConfig(kinds="residual,mlp_in", hot_path=hot_path)
+    rec = instrument(model, cfg, torch.device("cpu"), adapter=Adapter(), compiled=compiled)
     names = [s.name for s in rec.sites]
     assert names.count("layers.0.mlp_in") == 1 and len(rec.chan_slots) == 3
     fwd = torch.compile(model, fullgraph=True, dynamic=True) if compiled else model
@@ -380,3 +378,58 @@ def test_channel_sites_record_per_channel_absmax(compiled, hot_path):
     rows = {r["site"]: r for r in rows_from_stats({}, names, stats_dict(win), window="lifetime", rank=None)}
     assert rows["layers.1.residual"]["channel_absmax"] is None
     np.testing.assert_allclose(rows["layers.1.mlp_in"]["channel_absmax"], want["layers.1.mlp_in"], rtol=1e-5)
+
+
+@PATHS
+def test_residual_pair_is_summed_and_rounded_as_the_model_rounds_it(hot_path):
+    """The residual stream is passed as the pair a decoder layer returns: the recorder adds it
+    in float32 and rounds to the operands' dtype, as the next norm does (``(x.float() +
+    r.float()).to(bf16)``), so the recorded extrema are exactly the served model's values, and
+    no add node enters the model's graph. The gate is read as the first columns of the merged
+    projection, in place."""
+    from vllm_maxact.hotpath import Operand
+
+    g = torch.Generator().manual_seed(3)
+    h = (torch.randn(6, 40, generator=g) * 300).to(torch.bfloat16)
+    r = (torch.randn(6, 40, generator=g) * 0.37 + 1).to(torch.bfloat16)
+    merged = (torch.randn(6, 80, generator=g) * 5).to(torch.bfloat16)
+    merged[:, 40:] *= 1000  # the up half: must not reach the gate's extrema
+    rec = make(hot_path)
+    rec.begin_step(5)  # the last row is padding
+    rec.record(1, Operand(h, r))
+    rec.record(2, Operand(merged, width=40))
+    rec.end_step()
+    win = rec.collect()
+    want = (h[:5].float() + r[:5].float()).to(torch.bfloat16).double()
+    assert (win.max[1], win.min[1]) == (float(want.max()), float(want.min()))
+    # The float32 sum would differ: the test can tell a missing rounding.
+    assert float((h[:5].float() + r[:5].float()).max()) != float(want.max())
+    gate = merged[:5, :40].double()
+    assert (win.max[2], win.min[2]) == (float(gate.max()), float(gate.min()))
+
+
+@pytest.mark.parametrize("hot_path", HOT_PATHS)
+def test_instrumenting_changes_no_output_bit_of_a_compiled_model(hot_path):
+    """The recording ops are opaque calls that read what the model already computed: a model
+    compiled by Inductor with every default site recorded returns bit for bit what it returns
+    compiled without them (bf16, where a reordered or fused reduction would show)."""
+    from vllm_maxact.adapters import Adapter
+    from vllm_maxact.config import MaxActConfig
+    from vllm_maxact.instrument import instrument
+
+    torch.manual_seed(4)
+    plain = _Top(h=64).eval().to(torch.bfloat16)
+    inst = _Top(h=64).eval().to(torch.bfloat16)
+    inst.load_state_dict(plain.state_dict())
+    rec = instrument(inst, MaxActConfig(hot_path=hot_path), torch.device("cpu"), adapter=Adapter())
+    torch._dynamo.reset()
+    f_plain = torch.compile(plain, fullgraph=True, dynamic=True)
+    f_inst = torch.compile(inst, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for n in (3, 17, 40):
+            x = torch.randn(n, 64).to(torch.bfloat16) * 4
+            rec.begin_step(n)
+            a, b = f_plain(x), f_inst(x)
+            rec.end_step()
+            assert torch.equal(a.view(torch.int16), b.view(torch.int16)), n
+    assert rec.collect().tokens == 60

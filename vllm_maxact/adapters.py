@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from vllm_maxact.hotpath import Operand
 from vllm_maxact.sites import Kind, Site
 
 logger = logging.getLogger("vllm_maxact")
@@ -39,18 +40,21 @@ def first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 
 
-def residual_sum(out: Any) -> torch.Tensor:
-    """vLLM decoder layers return ``(hidden_states, residual)`` not yet added."""
+def residual_sum(out: Any) -> torch.Tensor | Operand:
+    """vLLM decoder layers return ``(hidden_states, residual)`` not yet added: the residual
+    stream is their sum, which the recorder forms itself (an `Operand`), rounded as the next
+    norm rounds it, without adding a node to the model's graph."""
     if isinstance(out, tuple | list):
         hidden, residual = out[0], out[1] if len(out) > 1 else None
-        return hidden if residual is None else hidden + residual
+        return hidden if residual is None else Operand(hidden, residual)
     return out
 
 
-def gate_half(out: Any) -> torch.Tensor:
-    """Merged ``gate_up_proj`` output: the gate half comes first (SiluAndMul/GeluAndMul)."""
+def gate_half(out: Any) -> Operand:
+    """Merged ``gate_up_proj`` output: the gate half comes first (SiluAndMul/GeluAndMul); read
+    in place as the first half of the columns."""
     x = first(out)
-    return x[..., : x.shape[-1] // 2]
+    return Operand(x, width=x.shape[-1] // 2)
 
 
 def hidden_arg(index: int = 1, name: str = "hidden_states") -> Callable[[tuple, dict], torch.Tensor | None]:
@@ -96,8 +100,8 @@ class Adapter:
     hidden_arg_index = 1
     #: The decoder is vLLM's Llama layout exactly (``input_layernorm(x, residual)``, attention,
     #: ``post_attention_layernorm(x, residual)``, an MLP whose ``act_fn`` takes the merged
-    #: gate/up projection, a final ``norm(x, residual)``), so the `triton` hot path may record
-    #: the default sites inside those norms and activations (`vllm_maxact.fusion`).
+    #: gate/up projection, a final ``norm(x, residual)``), so the opt-in `in_kernel` hot path may record
+    #: the default sites inside those norms and activations (`vllm_maxact.hotpath.in_kernel`).
     fusable_layout = False
 
     def matches(self, model: nn.Module) -> bool:
@@ -172,14 +176,14 @@ _EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embedding", "embe
 _FINAL_NORM_NAMES = ("norm", "final_norm", "final_layernorm", "ln_f", "norm_f", "final_layer_norm")
 
 
-def _pair_sum(out: Any) -> torch.Tensor:
+def _pair_sum(out: Any) -> torch.Tensor | Operand:
     """Like `residual_sum`, but adds element 1 only if it is a tensor shaped like element 0:
     an unknown layer may return ``(hidden, attn_weights)`` or ``(hidden, cache)`` instead."""
     if isinstance(out, tuple | list):
         hidden = out[0]
         other = out[1] if len(out) > 1 else None
-        if isinstance(other, torch.Tensor) and other.shape == hidden.shape:
-            return hidden + other
+        if isinstance(other, torch.Tensor) and other.shape == hidden.shape and other.dtype == hidden.dtype:
+            return Operand(hidden, other)
         return hidden
     return out
 

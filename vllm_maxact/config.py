@@ -63,19 +63,12 @@ class MaxActConfig(BaseSettings):
     calibration: Path | None = Field(
         None, description="Calibration scales (JSON from `vllm-maxact scales`) for live INT-8 drift."
     )
-    hot_path: Literal["auto", "fused", "cpu_op", "triton"] = Field(
+    hot_path: Literal["auto", "cpu_op", "triton", "in_kernel"] = Field(
         "auto",
-        description="How sites are reduced in the forward: 'fused' = plain tensor ops that Inductor fuses "
-        "and CUDA graphs replay; 'cpu_op' = one opaque op per layer (CPU only; compile time independent "
-        "of depth); 'triton' = one Triton kernel per layer (CUDA); 'auto' = cpu_op on CPU, triton on CUDA "
-        "(fused where Triton is missing).",
-    )
-    fuse_sites: bool = Field(
-        True,
-        description="On the triton hot path, record the sites of adapters that declare vLLM's Llama layout "
-        "inside Triton versions of the model's own fused add + RMSNorm and SiLU-and-mul kernels (no extra "
-        "launch or read; CUDA graphs and eager record the same maxima). Elsewhere, or 0: hooks, with one "
-        "extra kernel per layer on the GPU.",
+        description="How sites are folded in the forward (vllm_maxact.hotpath): 'auto' = cpu_op on CPU, "
+        "triton on CUDA; both leave the served outputs bit for bit unchanged. 'in_kernel' (CUDA, opt-in) "
+        "records vLLM's Llama-layout sites inside Triton copies of the model's norm and SiLU-and-mul: no "
+        "extra kernel, but it rounds differently, so the served logprobs CHANGE.",
     )
     admin_token: str | None = Field(
         None, description="Bearer token required by state-changing HTTP endpoints (reset)."
@@ -100,7 +93,7 @@ class MaxActConfig(BaseSettings):
         """What changes the traced graph; mixed into vLLM's compile-cache key."""
         return json.dumps(
             {"kinds": [k.value for k in self.kinds], "layers": self.layers, "int8": self.int8_enabled,
-             "hot_path": self.hot_path, "fuse_sites": self.fuse_sites},
+             "hot_path": self.hot_path},
             sort_keys=True,
         )
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vllm_maxact.adapters import Adapter, Probe, find_adapter
+from vllm_maxact.adapters import Adapter, Probe, find_adapter, is_missing
 from vllm_maxact.config import MaxActConfig
-from vllm_maxact.fusion import fuse_sites
+from vllm_maxact.hotpath import choose
 from vllm_maxact.recorder import Recorder
 from vllm_maxact.sites import CHANNEL_KINDS, Kind
 
@@ -66,7 +66,14 @@ def _flush_hook(rec: Recorder, group: int):
 
 def _flush_pre_hook(rec: Recorder, group: int):
     def hook(module: nn.Module, args) -> None:
-        rec.flush(group, raw_only=True)
+        rec.flush(group)
+
+    return hook
+
+
+def _join_hook(rec: Recorder):
+    def hook(module: nn.Module, *args) -> None:
+        rec.join()
 
     return hook
 
@@ -119,18 +126,18 @@ def _keep_inputs(norm: nn.Module) -> bool:
 
 
 def defer_layer_folds(rec: Recorder, probes: list[Probe], skip: set[int] | frozenset = frozenset()) -> int:
-    """Fold each decoder layer's sites once, after the layer returns (one reduction kernel per
-    layer instead of one per site). A layer qualifies when one of its probed modules contains
-    all the others (the layer itself, for every shipped adapter): a forward hook on it, added
-    after the site hooks, runs after all of them. Returns the number of deferred layers.
+    """Fold each decoder layer's sites once, after the layer returns (one kernel, or one CPU op
+    call, per layer instead of one per site). A layer qualifies when one of its probed modules
+    contains all the others (the layer itself, for every shipped adapter): a forward hook on it,
+    added after the site hooks, runs after all of them. Returns the number of deferred layers.
 
-    The raw-tensor hot paths (`cpu_op`, `triton`) hold the activations themselves until the
-    fold, and vLLM's fused add + RMSNorm may take its inputs in place (``maybe_inplace``: it
-    donates them, and compilation rejects any later use). So vLLM's RMSNorm inside such a layer
-    calls the functional overload instead (`_keep_inputs`; measured on the H200: batch 1 0.963
-    -> 0.971 of plain, one launch per layer instead of two), and any other norm gets a fold of
-    what is pending just before it. Slots in ``skip`` are recorded elsewhere
-    (`fusion.fuse_sites`) and have no hook."""
+    The fold reads the activations themselves at the layer's end, and vLLM's fused add + RMSNorm
+    may take its inputs in place (``maybe_inplace``: it donates them). Under torch.compile,
+    vLLM's RMSNorm inside such a layer calls the functional overload instead (`_keep_inputs`),
+    which is exactly what vLLM's own compile pass turns ``maybe_inplace`` into, so the compiled
+    model is the same. Eager (no compile), the in-place kernel really runs: any norm inside the
+    layer gets a fold of what is pending just before it. Slots in ``skip`` are recorded
+    elsewhere (`HotPath.take_sites`) and have no hook."""
     by_layer: dict[int, list[tuple[int, Probe]]] = {}
     for slot, p in enumerate(probes):
         if p.site.layer is not None and slot not in skip:
@@ -144,7 +151,7 @@ def defer_layer_folds(rec: Recorder, probes: list[Probe], skip: set[int] | froze
         anchor.register_forward_hook(_flush_hook(rec, group))
         for m in anchor.modules():
             if m is not anchor and _is_norm(m):
-                if rec.hot_path != "fused" and _keep_inputs(m):
+                if rec.strategy.compiled and _keep_inputs(m):
                     kept += 1
                 else:
                     m.register_forward_pre_hook(_flush_pre_hook(rec, group))
@@ -152,6 +159,34 @@ def defer_layer_folds(rec: Recorder, probes: list[Probe], skip: set[int] | froze
     if n:
         logger.info("vllm-maxact: %d layers fold once each; %d norms inside them keep their inputs", n, kept)
     return n
+
+
+def _attention_op(layer: nn.Module) -> nn.Module | None:
+    """vLLM's attention op module inside ``layer`` (the call vLLM splits its compiled graph at)."""
+    return next((m for m in layer.modules() if type(m).__name__ in ("Attention", "MLAAttention")), None)
+
+
+def add_join_points(rec: Recorder, adapter: Adapter, model: nn.Module, probes: list[Probe]) -> None:
+    """Where overlapped folds (`HotPath.overlapped`) are joined: before each decoder layer's
+    attention op (the folds of the layer before it have had that layer's norm, projections and
+    rotary embedding to run alongside; vLLM compiles and captures the code between two attention
+    calls as one piece, so a fold and its join always share a piece), and after the stage's last
+    site (the final norm, or the last layer of a pipeline stage without one). The tensors a fold
+    reads stay unwritten until its join (`HotPath.join`)."""
+    dec = adapter.decoder(model)
+    layers = getattr(dec, adapter.layers_attr)
+    last = None
+    for i in adapter.layer_range(dec):
+        if is_missing(layers[i]):
+            continue
+        last = layers[i]
+        attn = _attention_op(last)
+        (attn or last).register_forward_pre_hook(_join_hook(rec))
+    final = next((p.module for p in probes if p.site.layer is None and p.site.kind.value == "final_norm"), None)
+    if final is not None:
+        final.register_forward_hook(_join_hook(rec))
+    elif last is not None:
+        last.register_forward_hook(_join_hook(rec))
 
 
 def load_calibration(rec: Recorder, path) -> None:
@@ -169,9 +204,11 @@ def load_calibration(rec: Recorder, path) -> None:
 
 
 def instrument(
-    model: nn.Module, cfg: MaxActConfig, device: torch.device, adapter: Adapter | None = None
+    model: nn.Module, cfg: MaxActConfig, device: torch.device, adapter: Adapter | None = None,
+    compiled: bool = True,
 ) -> Recorder | None:
-    """Register recording hooks on ``model``; returns its recorder, or None if unsupported."""
+    """Register recording hooks on ``model``; returns its recorder, or None if unsupported.
+    ``compiled``: vLLM will run the model under torch.compile (False: enforce_eager)."""
     adapter = adapter or find_adapter(model)
     arch = type(model).__name__
     if adapter is None:
@@ -188,29 +225,32 @@ def instrument(
             raise RuntimeError(f"adapter {adapter.name!r} yields site {p.site} twice")
         seen.add(p.site)
     widths = {p.site: linear_width(p.module) for p in probes if p.site.kind in CHANNEL_KINDS}
+    strategy = choose(cfg.hot_path, device, compiled)
     rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
-                   int8_hist=cfg.int8_check, hot_path=cfg.hot_path, widths=widths)
+                   int8_hist=cfg.int8_check, hot_path=strategy, widths=widths)
     if cfg.calibration is not None:
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
     rec.architecture = arch
-    fused = (fuse_sites(rec, adapter, model, probes, explicit="fuse_sites" in cfg.model_fields_set)
-             if cfg.fuse_sites else set())
-    rec.in_kernel_sites = [rec.sites[s].name for s in sorted(fused)]
+    taken = strategy.take_sites(rec, adapter, model, probes)
+    rec.in_kernel_sites = [rec.sites[s].name for s in sorted(taken)]
     for slot, p in enumerate(probes):
-        if slot in fused:
+        if slot in taken:
             continue
         if p.on == "output":
             p.module.register_forward_hook(_output_hook(rec, slot, p.extract))
         else:
             p.module.register_forward_pre_hook(_input_hook(rec, slot, p.extract), with_kwargs=True)
-    defer_layer_folds(rec, probes, fused)
+    defer_layer_folds(rec, probes, taken)
+    if strategy.overlapped:
+        add_join_points(rec, adapter, model, probes)
     # Keep the recorder reachable from the compiled module so its buffers are module state.
     adapter.decoder(model).maxact_recorder = rec
     n_layers = len({p.site.layer for p in probes if p.site.layer is not None})
     logger.info(
-        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s, hot path %s%s)",
+        "vllm-maxact: recording %d sites of %s (adapter %s, %d layers, kinds %s, hot path %s%s%s)",
         len(probes), arch, adapter.name, n_layers, ",".join(sorted({p.site.kind.value for p in probes})),
-        rec.hot_path, f", {len(fused)} inside the model's kernels" if fused else "",
+        strategy.describe(), f", {len(taken)} inside the model's kernels" if taken else "",
+        "; the served outputs CHANGE (in-kernel recording rounds differently)" if strategy.changes_outputs else "",
     )
     return rec

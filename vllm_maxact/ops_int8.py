@@ -1,7 +1,7 @@
 """The INT-8 reconstruction check's per-forward op (opt-in: only traced with replay
---int8-check or a calibration file in serving; the always-on hot path is `ops.py`).
+--int8-check or a calibration file in serving; the always-on hot paths are `vllm_maxact.hotpath`).
 
-Same rules as `ops.record`: plain tensor ops traced into vLLM's compiled graph, persistent
+Plain tensor ops traced into vLLM's compiled graph, persistent
 buffers updated in place, padding rows masked by ``n_valid``, nothing leaves the device.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_maxact.ops import register_cpu_op
+from vllm_maxact.hotpath.cpu_op import register_cpu_op
 
 #: log2 histogram of |x| for percentile calibration: bin 0 holds zeros, then BINS_PER_OCTAVE bins
 #: per octave from 2**HIST_MIN_EXP to 2**(HIST_MIN_EXP + HIST_OCTAVES); the ends saturate.

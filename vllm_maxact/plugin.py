@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from vllm_maxact import __version__
-from vllm_maxact.config import get_config
+from vllm_maxact.config import MaxActConfig, get_config, load_config
 
 logger = logging.getLogger("vllm_maxact")
 
@@ -76,6 +76,18 @@ def register() -> None:
     if _is_vllm_helper_process():
         return
     cfg = get_config()  # fails loudly, naming the bad field
+    # Our RPC methods exist on every worker, recording or not: `read_stats` on an engine that
+    # does not record gets a clear answer from them instead of a failed worker call.
+    when_imported("vllm.v1.worker.worker_base", lambda m: _add_worker_methods(m.WorkerBase))
+    # The switch is read again for each engine (`engine_config`): in one process an engine may
+    # record and the next not. The patches below do nothing for an engine that does not record.
+    when_imported("vllm.config.vllm", _patch_compile_hash)
+    when_imported("vllm.v1.worker.gpu_model_runner", lambda m: _patch_runner(m.GPUModelRunner))
+    when_imported("vllm.v1.worker.cpu_model_runner", lambda m: _patch_runner(m.CPUModelRunner))
+    # vLLM's second-generation runner (the default for dense models on GPUs from 0.26).
+    when_imported("vllm.v1.worker.gpu.model_runner", lambda m: _patch_runner(m.GPUModelRunner))
+    when_imported("vllm.v1.worker.gpu_worker", lambda m: _patch_worker(m.Worker))
+    when_imported("vllm.v1.worker.cpu_worker", lambda m: _patch_worker(m.CPUWorker))
     if not cfg.enable:
         logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
         return
@@ -85,17 +97,30 @@ def register() -> None:
     if front_end:
         logger.info("vllm-maxact %s: recording; instance runtime dir %s", __version__, runtime_dir)
         _start_front_end(cfg, runtime_dir)
-    when_imported("vllm.config.vllm", _patch_compile_hash)
-    when_imported("vllm.v1.worker.gpu_model_runner", lambda m: _patch_runner(m.GPUModelRunner))
-    when_imported("vllm.v1.worker.cpu_model_runner", lambda m: _patch_runner(m.CPUModelRunner))
-    # vLLM's second-generation runner (the default for dense models on GPUs from 0.26).
-    when_imported("vllm.v1.worker.gpu.model_runner", lambda m: _patch_runner(m.GPUModelRunner))
-    when_imported("vllm.v1.worker.gpu_worker", lambda m: _patch_worker(m.Worker))
-    when_imported("vllm.v1.worker.cpu_worker", lambda m: _patch_worker(m.CPUWorker))
-    when_imported("vllm.v1.worker.worker_base", lambda m: _add_worker_methods(m.WorkerBase))
     from vllm_maxact.export import prometheus
 
     prometheus.install_front_end()
+
+
+def engine_config() -> MaxActConfig:
+    """The configuration for an engine being built now: the process-wide one (validated at
+    start), with the master switch as the environment says at this moment, so that
+    ``VLLM_MAXACT_ENABLE`` set around one engine of a process applies to that engine."""
+    try:
+        return load_config()
+    except Exception:  # noqa: BLE001  (validated at start; a later bad edit keeps the start's values)
+        return get_config()
+
+
+def compiled(vllm_config) -> bool:
+    """Whether vLLM runs the model through its own compile pipeline (Inductor, the passes that
+    turn ``maybe_inplace`` norms functional), as opposed to eager (enforce_eager) or stock
+    torch.compile."""
+    cc = vllm_config.compilation_config
+    mode = getattr(cc, "mode", None)
+    if mode is None:
+        mode = getattr(cc, "level", 0)
+    return int(mode) == 3  # CompilationMode.VLLM_COMPILE
 
 
 def _start_front_end(cfg, runtime_dir) -> None:
@@ -121,12 +146,15 @@ def _patch_compile_hash(mod: ModuleType) -> None:
     if getattr(cls.compute_hash, _PATCHED, False):
         return
     original = cls.compute_hash
-    extra = f"vllm-maxact={__version__};{get_config().signature()}"
 
     @functools.wraps(original)
     def compute_hash(self, *args, **kwargs) -> str:
         import hashlib
 
+        cfg = engine_config()
+        if not cfg.enable:
+            return original(self, *args, **kwargs)
+        extra = f"vllm-maxact={__version__};{cfg.signature()}"
         return hashlib.sha256((original(self, *args, **kwargs) + extra).encode()).hexdigest()[:10]
 
     setattr(compute_hash, _PATCHED, True)
@@ -192,15 +220,19 @@ def _attach(runner) -> None:
     from vllm_maxact.instrument import instrument
     from vllm_maxact.publish import Publisher
 
+    runner._maxact_recorder = None
+    cfg = engine_config()
+    if not cfg.enable:
+        return
     model = runner.get_model() if hasattr(runner, "get_model") else runner.model
     try:
-        rec = instrument(model, get_config(), device=runner.device)
+        rec = instrument(model, cfg, device=runner.device, compiled=compiled(runner.vllm_config))
     except Exception:  # never take the server down for a monitoring failure
         logger.exception("vllm-maxact: instrumenting %s failed; serving without recording", type(model).__name__)
         rec = None
     runner._maxact_recorder = rec
     if rec is not None:
-        runner._maxact_publisher = Publisher(rec, runner.vllm_config, get_config(), device=runner.device)
+        runner._maxact_publisher = Publisher(rec, runner.vllm_config, cfg, device=runner.device)
 
 
 def _add_worker_methods(cls: type) -> None:

@@ -1,6 +1,7 @@
 """Device buffers per site, and the host side that reads them in windows.
 
-The device side is three persistent buffers (see `ops.record`). The host side never touches
+The device side is a few persistent buffers per group of sites (`SiteGroup`, written by the
+strategies of `vllm_maxact.hotpath`). The host side never touches
 them during a forward: `Recorder.collect` runs in the worker thread between steps (stream
 ordered after the forwards it reads), copies the buffers to the host, re-arms them, and folds
 the window into the lifetime statistics. Windows are therefore exact: nothing recorded between
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vllm_maxact import ops, ops_int8
+from vllm_maxact import ops_int8
+from vllm_maxact.hotpath import HotPath, Operand, as_operand, choose
 from vllm_maxact.sites import CHANNEL_KINDS, Site
 
 
@@ -122,42 +124,6 @@ class SiteGroup(nn.Module):
             self.register_buffer("qhist", torch.zeros(n, ops_int8.HIST_BINS, dtype=torch.int64, device=device), persistent=False)
 
 
-HOT_PATHS = ("fused", "cpu_op", "triton")
-
-
-def resolve_hot_path(hot_path: str | None, device: torch.device | str) -> str:
-    """'fused': tensor ops traced into the compiled graph (Inductor fuses them; any device).
-    'cpu_op': one opaque CPU op per layer (compile time independent of depth).
-    'triton': one Triton kernel per layer (CUDA; on CPU only under TRITON_INTERPRET=1, for tests).
-    None / 'auto': cpu_op on CPU, triton on CUDA when Triton imports, fused otherwise."""
-    dev = torch.device(device).type
-    if hot_path in (None, "auto"):
-        if dev == "cpu":
-            return "cpu_op"
-        if dev == "cuda" and _triton_available():
-            return "triton"
-        return "fused"
-    if hot_path not in HOT_PATHS:
-        raise ValueError(f"unknown hot path {hot_path!r}; choose one of auto, {', '.join(HOT_PATHS)}")
-    if hot_path == "cpu_op" and dev != "cpu":
-        raise ValueError(f"VLLM_MAXACT_HOT_PATH=cpu_op needs a CPU model; this one is on {device} (use 'auto')")
-    if hot_path == "triton":
-        if not _triton_available():
-            raise ValueError("VLLM_MAXACT_HOT_PATH=triton needs the triton package (pip install triton), "
-                             "or use 'auto'")
-        if dev != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"VLLM_MAXACT_HOT_PATH=triton needs a CUDA model; this one is on {device} (use 'auto')")
-    return hot_path
-
-
-def _triton_available() -> bool:
-    try:
-        from vllm_maxact import ops_triton  # noqa: F401  (registers vllm_maxact::record_triton)
-    except Exception:  # noqa: BLE001  (no triton, or a triton without a usable backend)
-        return False
-    return True
-
-
 def _group_key(site: Site):
     return ("layer", site.layer) if site.layer is not None else ("model", site.kind)
 
@@ -171,13 +137,15 @@ class Recorder(nn.Module):
 
     def __init__(
         self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
-        int8_hist: bool = True, hot_path: str | None = None, widths: dict[Site, int] | None = None,
+        int8_hist: bool = True, hot_path: str | HotPath | None = None, widths: dict[Site, int] | None = None,
+        compiled: bool = True,
     ) -> None:
         super().__init__()
         self.sites = list(sites)
         self.slot = {s: i for i, s in enumerate(self.sites)}
-        #: how sites are reduced in the forward (see `resolve_hot_path`)
-        self.hot_path = resolve_hot_path(hot_path, device)
+        #: how sites are folded in the forward (`vllm_maxact.hotpath`), chosen once
+        self.strategy = hot_path if isinstance(hot_path, HotPath) else choose(hot_path, device, compiled)
+        self.hot_path = self.strategy.name
         n = len(self.sites)
         members: dict[tuple, list[int]] = {}
         for i, s in enumerate(self.sites):
@@ -215,7 +183,10 @@ class Recorder(nn.Module):
         #: Row statistics waiting for their group's fold (see `defer` / `flush`): traced as a
         #: Python list inside one forward, always empty between forwards.
         self._deferred: set[int] = set()
-        self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        self._pending: dict[int, list[tuple[int, Operand]]] = {}
+        #: Folds the strategy overlaps with the model (`HotPath.overlapped`), waiting for `join`:
+        #: traced like `_pending`, empty between forwards.
+        self._outstanding: list[tuple[int, list[Operand]]] = []
         if int8:
             # The phase (0 off, 1 calibrate, 2 evaluate), shared by every group.
             self.register_buffer("qmode", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
@@ -240,24 +211,22 @@ class Recorder(nn.Module):
         self._pinned: list[torch.Tensor] | None = None
 
     # -- inside the forward (traced into the compiled graph) --------------------------------
-    def record(self, slot: int, x: torch.Tensor) -> None:
-        """Fold one site's activation ``x`` (any shape, last axis = features) into its slot;
-        in a deferred group, only its row statistics now and the fold at `flush`."""
+    def record(self, slot: int, x: torch.Tensor | Operand | None) -> None:
+        """Fold one site's value ``x`` (a tensor, any shape, last axis = features; or an `Operand`)
+        into its slot; in a deferred group, at `flush`."""
+        op = as_operand(x)
+        if op is None:
+            return
         g, k = self.where[slot]
         group = self.groups[g]
         if g in self._deferred:
-            self._pending.setdefault(g, []).append((k, ops.row_stats(x) if self.hot_path == "fused" else x))
-        elif self.hot_path == "fused":
-            ops.record(group.extrema, group.counts, self.n_valid, k, x)
+            self._pending.setdefault(g, []).append((k, op))
         else:
-            self._raw_fold(group, [k], [x])
+            self._fold_sites(g, [k], [op])
         if slot in self.chan_row:
-            (ops.record_channels_cpu if self.cpu_op else ops.record_channels)(
-                group.chan, self.n_valid, self.chan_row[slot], x)
+            self.strategy.record_channels(group.chan, self.n_valid, self.chan_row[slot], op.value())
         if self.int8:
-            (ops_int8.record_int8_cpu if self.cpu_op else ops_int8.record_int8)(
-                group.qthr, group.qacc, group.qcnt, group.qhist, self.qmode, self.n_valid, k, x,
-                with_hist=self.int8_hist)
+            self.strategy.record_int8(group, self.qmode, self.n_valid, k, op.value(), self.int8_hist)
 
     def defer(self, slot: int) -> int:
         """Make ``slot``'s group fold once per forward, at `flush` (one kernel, or one CPU op
@@ -267,30 +236,23 @@ class Recorder(nn.Module):
         self._deferred.add(g)
         return g
 
-    def flush(self, g: int, raw_only: bool = False) -> None:
-        """Fold group ``g``'s pending sites. ``raw_only``: only where the pending entries are
-        the activations themselves (not the fused path's row statistics, which are ours)."""
-        if raw_only and self.hot_path == "fused":
-            return
+    def flush(self, g: int) -> None:
+        """Fold group ``g``'s pending sites."""
         pending = self._pending.pop(g, None)
         if pending:
-            group = self.groups[g]
-            slots, values = [k for k, _ in pending], [v for _, v in pending]
-            if self.hot_path == "fused":
-                ops.fold(group.extrema, group.counts, self.n_valid, slots, values)
-            else:
-                self._raw_fold(group, slots, values)
+            self._fold_sites(g, [k for k, _ in pending], [v for _, v in pending])
 
-    def _raw_fold(self, group: SiteGroup, slots: list[int], xs: list[torch.Tensor]) -> None:
-        """The raw-tensor hot paths: one opaque op call folds the activations ``xs`` into
-        positions ``slots`` of ``group``."""
-        op = ops.record_cpu if self.hot_path == "cpu_op" else torch.ops.vllm_maxact.record_triton
-        op(group.extrema, group.counts, self.n_valid, slots, xs)
+    def _fold_sites(self, g: int, positions: list[int], operands: list[Operand]) -> None:
+        self.strategy.fold(self.groups[g], self.n_valid, positions, operands)
+        if self.strategy.overlapped:
+            self._outstanding.append((g, operands))
 
-    @property
-    def cpu_op(self) -> bool:
-        """The opaque CPU ops also serve the opt-in channel and INT-8 sites."""
-        return self.hot_path == "cpu_op"
+    def join(self) -> None:
+        """Wait for every overlapped fold so far (a join point: their tensors may be reused
+        after it)."""
+        while self._outstanding:
+            g, operands = self._outstanding.pop(0)
+            self.strategy.join(self.groups[g], operands)
 
     # -- host-side views (concatenated over groups, in slot order) --------------------------
     def _cat(self, name: str) -> torch.Tensor:
@@ -306,7 +268,8 @@ class Recorder(nn.Module):
 
     # -- per step (worker thread, outside the compiled graph) -------------------------------
     def begin_step(self, num_tokens: int) -> None:
-        self._pending.clear()  # only a forward that raised can leave rows here
+        self._pending.clear()  # only a forward that raised can leave anything here
+        self._outstanding.clear()
         if not self._live:
             # Warm-up, profiling and graph capture ran before this (with n_valid == 0, so they
             # should have recorded nothing); re-arm anyway so no start-up value can survive.

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_maxact.ops_triton import _rows, _site, fold_atomic, jit_token_count, seen, warm_ahead
+from vllm_maxact.hotpath.triton import _rows, _site, cast, fold_atomic, jit_token_count, seen, warm_ahead
 
 #: programs per SM for the row-looping norm kernel (one row per program at decode sizes)
 PROGRAMS_PER_SM = 8
@@ -53,7 +53,7 @@ ACT_STAGES_FROM = 8
 #: None: by TRITON_INTERPRET. The interpreter checks run both.
 MULTI_REDUCE = None
 #: up to this many tokens, read each recorded row's current extrema at a program's start and send
-#: only the atomics that change them (`ops_triton.seen`). H200: at 1 and 64 tokens 0.05-0.17 us
+#: only the atomics that change them (`triton.seen`). H200: at 1 and 64 tokens 0.05-0.17 us
 #: faster per call; from 256 the loads cost more than the atomics they spare (0.4-0.5 us slower)
 SKIP_SEEN = 64
 #: At 111 registers two 8-warp programs of the norm are resident per SM (Inductor's plain norm,
@@ -91,7 +91,7 @@ def _tuning_from_env(spec: str | None) -> None:
     for item in filter(None, (spec or "").replace(" ", "").split(",")):
         name, sep, value = item.partition("=")
         if not sep or not name.isupper() or not isinstance(globals().get(name, ""), (int, type(None))):
-            raise ValueError(f"VLLM_MAXACT_OPS_NORM: {item!r} is not NAME=VALUE for one of ops_norm's "
+            raise ValueError(f"VLLM_MAXACT_OPS_NORM: {item!r} is not NAME=VALUE for one of the norm kernels' "
                              "integer launch constants (e.g. NORM_STAGES=None,ACT_STAGES=2)")
         try:
             globals()[name] = None if value == "None" else int(value)
@@ -116,15 +116,7 @@ def _max_programs(x: torch.Tensor, per_sm: int | None = None) -> int:
                                               else (torch.cuda.current_device() if x.device.type == "cuda" else -1))
 
 
-@triton.jit
-def _cast(v, dtype: tl.constexpr, RTNE: tl.constexpr):
-    """``v.to(dtype)``; with ``RTNE``, round to nearest even into bfloat16 by hand first (Triton's
-    interpreter truncates float32 -> bfloat16, GPUs round; only the CPU tests set it)."""
-    if RTNE:
-        b = v.to(tl.int32, bitcast=True)
-        b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
-        v = b.to(tl.float32, bitcast=True)
-    return v.to(dtype)
+_cast = cast
 
 
 @triton.jit
@@ -174,7 +166,7 @@ def _finish(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BH
         fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
     else:
         tl.debug_barrier()  # the program's own stores of this tensor, visible to all its threads
-        _site(v_ptr, H, stride, n, e_ptr, c_ptr, pos, pid, 0, step, 1, BH)
+        _site(v_ptr, H, stride, v_ptr, stride, n, e_ptr, c_ptr, pos, pid, 0, step, 1, BH, 0, False)
 
 
 @jit_token_count("T")
@@ -309,7 +301,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, T, D, sx, so, nv_ptr, e_ptr, c_ptr, pos,
         if (h < float("inf")) & (lw > float("-inf")):
             fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
         else:  # re-read the program's gate tiles and fold the exact statistics
-            # (inline rather than ops_triton._site, whose separate NaN and Inf counters take the
+            # (inline rather than triton._site, whose separate NaN and Inf counters take the
             # kernel from 62 registers to 66 on sm_90, compiled without alignment hints)
             hx = tl.full([BT, BC], float("-inf"), tl.float32)
             lx = tl.full([BT, BC], float("inf"), tl.float32)

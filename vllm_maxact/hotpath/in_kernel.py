@@ -1,4 +1,5 @@
-"""Record sites inside the model's own norm and activation kernels (the `triton` hot path).
+"""Record sites inside the model's own norm and activation kernels (the opt-in `in_kernel` hot
+path: no extra launch, but the served outputs change).
 
 Where an adapter declares vLLM's Llama decoder layout (`Adapter.fusable_layout`), every
 default site already flows through a kernel the model runs:
@@ -11,8 +12,10 @@ default site already flows through a kernel the model runs:
                                                  output = final_norm
 
 Each such module (exactly vLLM's `RMSNorm` or `SiluAndMul`, nothing derived) gets a forward
-that calls `ops_norm` (the same arithmetic as vLLM's native implementation, plus the fold), and
-those sites get no hook. Anything that does not match stays on the hooks, so a partial match
+that calls `norm_kernels` (the operations of vLLM's native implementation, plus the fold), and
+those sites get no hook. The operations are the same but not their order: Inductor's generated
+norm sums a row in another order than these kernels, so the outputs differ in their last bits,
+and every logprob downstream with them (benchmarks/RESULTS.md). Hence opt-in. Anything that does not match stays on the hooks, so a partial match
 (pipeline stages, a norm with a variance size override, an adapter's own extractor) only
 means fewer fused sites.
 """
@@ -75,22 +78,19 @@ def _act_forward(rec: Recorder, g: int, pos: int):
     return forward
 
 
-def fuse_sites(rec: Recorder, adapter: Adapter, model: nn.Module, probes: Iterable[Probe],
-               explicit: bool = True) -> set[int]:
+def fuse_sites(rec: Recorder, adapter: Adapter, model: nn.Module, probes: Iterable[Probe]) -> set[int]:
     """Move what it can of ``probes``' sites into the model's norm / activation kernels;
-    returns the slots it took (they need no hook). Requires the `triton` hot path. Where it
-    cannot apply, a user who asked for it (``explicit``) gets a warning naming the reason; the
-    default only notes it at debug level."""
+    returns the slots it took (they need no hook). Where it cannot apply, a warning names the
+    reason and every site stays on the hooks."""
     classes = _vllm_classes()
-    why = ("the hot path is " + rec.hot_path if rec.hot_path != "triton" else
-           f"adapter {adapter.name!r} does not declare vLLM's Llama layout" if not getattr(adapter, "fusable_layout", False)
+    why = (f"adapter {adapter.name!r} does not declare vLLM's Llama layout" if not getattr(adapter, "fusable_layout", False)
            else "the INT-8 check is on (it reads every site in the hooks)" if rec.int8
            else "vLLM's RMSNorm / SiluAndMul classes are not importable" if classes is None else None)
     if why is not None:
-        logger.log(logging.WARNING if explicit else logging.DEBUG,
-                   "vllm-maxact: VLLM_MAXACT_FUSE_SITES=1 ignored: %s; every site is recorded by hooks", why)
+        logger.warning("vllm-maxact: VLLM_MAXACT_HOT_PATH=in_kernel records no site inside the model's kernels: "
+                       "%s; every site is recorded by hooks", why)
         return set()
-    from vllm_maxact import ops_norm  # noqa: F401  (registers the ops)
+    from vllm_maxact.hotpath import norm_kernels  # noqa: F401  (registers the ops)
 
     rms_norm, silu_and_mul = classes
     dec = adapter.decoder(model)

@@ -100,7 +100,7 @@ def seen(ext_ptr, pos):
     loads pay for the atomics they spare depends on the kernel (H200, benchmarks/RESULTS.md):
     the per-layer kernel here reads them always (4 sites: 2.03 to 744 us from 1 to 16k tokens,
     against 2.12 to 791 us without, measured in an earlier run); the in-kernel ops only at
-    decode sizes (`ops_norm.SKIP_SEEN`)."""
+    decode sizes (`norm_kernels.SKIP_SEEN`)."""
     return (tl.load(ext_ptr + 2 * pos, cache_modifier=".cg"),
             tl.load(ext_ptr + 2 * pos + 1, cache_modifier=".cg"))
 
@@ -123,8 +123,22 @@ def fold_atomic(ext_ptr, cnt_ptr, pos, h, lw, cn, ci, sh, sl):
 
 
 @triton.jit
-def _site(x_ptr, width, stride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_programs,
-          BT: tl.constexpr, BC: tl.constexpr):
+def cast(v, dtype: tl.constexpr, RTNE: tl.constexpr):
+    """``v.to(dtype)``; with ``RTNE``, round to nearest even into bfloat16 by hand first (Triton's
+    interpreter truncates float32 -> bfloat16, GPUs round; only the CPU tests set it)."""
+    if RTNE:
+        b = v.to(tl.int32, bitcast=True)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+        v = b.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _site(x_ptr, width, stride, y_ptr, ystride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_programs,
+          BT: tl.constexpr, BC: tl.constexpr, HAS_Y: tl.constexpr, RTNE: tl.constexpr):
+    """One site's tiles: ``x[:, :width]``, or with ``HAS_Y`` the sum ``x + y`` rounded to x's
+    dtype exactly as the model rounds it (the residual stream of a decoder layer that returns
+    the pair not yet added)."""
     if pid_c * BC < width:
         sh, sl = seen(ext_ptr, pos)
         cols = pid_c * BC + tl.arange(0, BC)
@@ -137,6 +151,9 @@ def _site(x_ptr, width, stride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_prog
             rows = r0 + tl.arange(0, BT)
             m = (rows < n)[:, None] & cmask[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=m, other=0.0)
+            if HAS_Y:
+                y = tl.load(y_ptr + rows[:, None].to(tl.int64) * ystride + cols[None, :], mask=m, other=0.0)
+                x = cast(x.to(tl.float32) + y.to(tl.float32), x_ptr.dtype.element_ty, RTNE)
             x = x.to(tl.float32)
             is_nan = x != x
             is_inf = tl.abs(x) == float("inf")
@@ -154,9 +171,12 @@ def _site(x_ptr, width, stride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_prog
 
 @jit_token_count("T")
 def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T,
-                  x0, w0, s0, p0, x1, w1, s1, p1, x2, w2, s2, p2,
-                  x3, w3, s3, p3, x4, w4, s4, p4, x5, w5, s5, p5,
-                  NS: tl.constexpr, CC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+                  x0, w0, s0, y0, t0, p0, x1, w1, s1, y1, t1, p1, x2, w2, s2, y2, t2, p2,
+                  x3, w3, s3, y3, t3, p3, x4, w4, s4, y4, t4, p4, x5, w5, s5, y5, t5, p5,
+                  NS: tl.constexpr, CC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                  ADD: tl.constexpr, RTNE: tl.constexpr):
+    """Program axis 1 picks the site (``NS`` of them); axis 0 tiles it. Bit k of ``ADD``: site k
+    is ``x_k + y_k``."""
     pid = tl.program_id(0)
     sid = tl.program_id(1)
     row_programs = tl.num_programs(0) // CC
@@ -164,22 +184,27 @@ def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T,
     pid_c = pid % CC
     n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
     if sid == 0:
-        _site(x0, w0, s0, n, ext_ptr, cnt_ptr, p0, pid_r, pid_c, row_programs, BT, BC)
+        _site(x0, w0, s0, y0, t0, n, ext_ptr, cnt_ptr, p0, pid_r, pid_c, row_programs, BT, BC, ADD & 1, RTNE)
     if NS > 1:
         if sid == 1:
-            _site(x1, w1, s1, n, ext_ptr, cnt_ptr, p1, pid_r, pid_c, row_programs, BT, BC)
+            _site(x1, w1, s1, y1, t1, n, ext_ptr, cnt_ptr, p1, pid_r, pid_c, row_programs, BT, BC, (ADD >> 1) & 1,
+                  RTNE)
     if NS > 2:
         if sid == 2:
-            _site(x2, w2, s2, n, ext_ptr, cnt_ptr, p2, pid_r, pid_c, row_programs, BT, BC)
+            _site(x2, w2, s2, y2, t2, n, ext_ptr, cnt_ptr, p2, pid_r, pid_c, row_programs, BT, BC, (ADD >> 2) & 1,
+                  RTNE)
     if NS > 3:
         if sid == 3:
-            _site(x3, w3, s3, n, ext_ptr, cnt_ptr, p3, pid_r, pid_c, row_programs, BT, BC)
+            _site(x3, w3, s3, y3, t3, n, ext_ptr, cnt_ptr, p3, pid_r, pid_c, row_programs, BT, BC, (ADD >> 3) & 1,
+                  RTNE)
     if NS > 4:
         if sid == 4:
-            _site(x4, w4, s4, n, ext_ptr, cnt_ptr, p4, pid_r, pid_c, row_programs, BT, BC)
+            _site(x4, w4, s4, y4, t4, n, ext_ptr, cnt_ptr, p4, pid_r, pid_c, row_programs, BT, BC, (ADD >> 4) & 1,
+                  RTNE)
     if NS > 5:
         if sid == 5:
-            _site(x5, w5, s5, n, ext_ptr, cnt_ptr, p5, pid_r, pid_c, row_programs, BT, BC)
+            _site(x5, w5, s5, y5, t5, n, ext_ptr, cnt_ptr, p5, pid_r, pid_c, row_programs, BT, BC, (ADD >> 5) & 1,
+                  RTNE)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -188,25 +213,34 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def launch(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
+def launch(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, spec: list[int],
            xs: list[torch.Tensor]) -> None:
-    """Fold the activations ``xs`` into rows ``slots`` of ``extrema`` [S, 2] (max, min) and
-    ``counts`` [S, 2] (nan, inf): rows of each activation at or past ``n_valid[0]`` never count.
-    All activations share the token axis (one decoder layer's sites)."""
+    """Fold the sites ``spec`` describes (`vllm_maxact.hotpath.pack`: position, operand, addend,
+    width per site) into rows of ``extrema`` [S, 2] (max, min) and ``counts`` [S, 2] (nan, inf):
+    rows at or past ``n_valid[0]`` never count. All operands share the token axis (one decoder
+    layer's sites)."""
     views = [_rows(x) for x in xs]
-    for i in range(0, len(views), MAX_SITES):
-        part = list(zip(slots[i:i + MAX_SITES], views[i:i + MAX_SITES], strict=True))
-        tokens = part[0][1].shape[0]
+    sites = [spec[i:i + 4] for i in range(0, len(spec), 4)]
+    for i in range(0, len(sites), MAX_SITES):
+        part = sites[i:i + MAX_SITES]
+        tokens = views[part[0][1]].shape[0]
         if tokens == 0:
             continue
-        cc = triton.cdiv(max(v.shape[1] for _, v in part), BLOCK_C)
-        args = []
+        widths = [views[xi].shape[1] if w < 0 else w for _, xi, _, w in part]
+        cc = triton.cdiv(max(widths), BLOCK_C)
+        args, add = [], 0
         for k in range(MAX_SITES):
-            slot, v = part[min(k, len(part) - 1)]
-            args += [v, v.shape[1], v.stride(0), slot]
-        consts = dict(NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C, num_warps=4)
+            j = min(k, len(part) - 1)
+            pos, xi, yi, _ = part[j]
+            x = views[xi]
+            y = views[yi] if yi >= 0 else x
+            if yi >= 0 and k == j:
+                add |= 1 << k
+            args += [x, widths[j], x.stride(0), y, y.stride(0), pos]
+        rtne = os.environ.get("TRITON_INTERPRET") == "1" and views[0].dtype == torch.bfloat16
+        consts = dict(NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C, ADD=add, RTNE=rtne, num_warps=4)
         _layer_kernel[(_layer_rows(tokens)[0] * cc, len(part))](extrema, counts, n_valid, tokens, *args, **consts)
-        warm_ahead(("layer", *(a.dtype if torch.is_tensor(a) else a for a in args), cc, len(part)),
+        warm_ahead(("layer", *(a.dtype if torch.is_tensor(a) else a for a in args), cc, len(part), add),
                    tokens, _layer_rows, (), (BLOCK_T, MAX_ROW_PROGRAMS),
                    lambda t, rp, _, args=args, consts=consts: _layer_kernel.warmup(
                        extrema, counts, n_valid, t, *args, grid=(rp * consts["CC"], consts["NS"]), **consts))
@@ -217,14 +251,52 @@ def _layer_rows(t: int) -> tuple[int, dict]:
     return min(triton.cdiv(t, BLOCK_T), MAX_ROW_PROGRAMS), {}
 
 
+# -- where the kernel runs ------------------------------------------------------------------
+#: one side stream per CUDA device (`record_triton` with ``side``)
+_SIDE: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """This process's side stream on ``device``, made on first use (`TritonSideStream` makes it
+    when the recorder is built, never during a CUDA-graph capture)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _SIDE.get(idx)
+    if stream is None:
+        stream = _SIDE[idx] = torch.cuda.Stream(device=idx)
+    return stream
+
+
 # Registered for every device: CUDA in service; CPU only runs it under TRITON_INTERPRET=1 (tests).
 @torch.library.custom_op("vllm_maxact::record_triton", mutates_args=("extrema", "counts"))
-def record_triton(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, slots: list[int],
-                  xs: list[torch.Tensor]) -> None:
-    """`ops.record` for several sites of one group in one kernel launch (CUDA)."""
-    launch(extrema, counts, n_valid, slots, xs)
+def record_triton(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, spec: list[int],
+                  xs: list[torch.Tensor], side: bool) -> None:
+    """One launch for several sites of one group. ``side``: on this device's side stream, after
+    the work queued so far on the current stream and concurrently with what follows it; the
+    caller must `join_triton` before ``xs`` may be freed or written (see `TritonSideStream`)."""
+    if side and extrema.is_cuda:
+        main = torch.cuda.current_stream(extrema.device)
+        stream = side_stream(extrema.device)
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            launch(extrema, counts, n_valid, spec, xs)
+    else:
+        launch(extrema, counts, n_valid, spec, xs)
 
 
 @record_triton.register_fake
-def _(extrema, counts, n_valid, slots, xs) -> None:
+def _(extrema, counts, n_valid, spec, xs, side) -> None:
+    return None
+
+
+@torch.library.custom_op("vllm_maxact::join_triton", mutates_args=("extrema",))
+def join_triton(extrema: torch.Tensor, xs: list[torch.Tensor]) -> None:
+    """The current stream waits for the side stream. Declared to write ``extrema`` (it does not)
+    so that it is ordered after the `record_triton` it joins and is never dropped; it takes
+    ``xs`` so that the compiled graph keeps them, unwritten, until here."""
+    if extrema.is_cuda:
+        torch.cuda.current_stream(extrema.device).wait_stream(side_stream(extrema.device))
+
+
+@join_triton.register_fake
+def _(extrema, xs) -> None:
     return None
