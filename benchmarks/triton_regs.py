@@ -2,7 +2,7 @@
 
 Triton compiles for a target without a GPU present; `cuobjdump -res-usage` (shipped with
 Triton's NVIDIA backend) reads the registers, stack (spills) and shared memory from the cubin.
-Compares vllm_maxact/ops_norm.py with a variant's copy, at Llama-3-8B widths:
+Compares vllm_maxact/hotpath/norm_kernels.py with a variant's copy, at Llama-3-8B widths:
 
     python benchmarks/triton_regs.py [--variant benchmarks/variants/NAME/ops_norm.py] [--arch 90]
 """
@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the ops import vllm_maxact.ops_triton's shared fold
+sys.path.insert(0, str(ROOT))  # the ops import vllm_maxact.hotpath.triton's shared fold
 NORM_SIG = {"x_ptr": "*bf16", "r_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "rout_ptr": "*bf16", "T": "i32",
             "H": "i32", "sx": "i32", "sr": "i32", "so": "i32", "sro": "i32", "eps": "fp32", "nv_ptr": "*i64",
             "ea_ptr": "*fp32", "ca_ptr": "*i64", "pos_x": "i32", "pos_s": "i32", "eb_ptr": "*fp32", "cb_ptr": "*i64",
@@ -81,7 +81,7 @@ def usage(kernel, sig: dict, const: dict, warps: int, target: GPUTarget) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", type=Path, default=None, help="a variant's copy of ops_norm.py to compare")
+    ap.add_argument("--variant", type=Path, default=None, help="a variant copy of norm_kernels.py to compare")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--prefetch", action="store_true", help="the norm's form that loads its next row early")
     ap.add_argument("--norm-stages", type=int, default=None,
@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     print(f"triton {triton.__version__}, sm_{args.arch}")
-    files = [("tree", ROOT / "vllm_maxact/ops_norm.py")] + ([("variant", args.variant)] if args.variant else [])
+    files = [("tree", ROOT / "vllm_maxact/hotpath/norm_kernels.py")] + ([("variant", args.variant)] if args.variant else [])
     for tag, path in files:
         mod = load(path, f"regs_{tag}")
         src = path.read_text()

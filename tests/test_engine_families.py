@@ -36,34 +36,37 @@ def token_lists(seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(3, 49000) for _ in range(n)] for n in (5, 37, 120, 301, 64)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-fused", "llama-triton", "qwen3-triton"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "llama-triton", "llama-in_kernel",
+                                  "qwen3-in_kernel"])
 def test_every_site_matches_transformers(arch, tiny_factory, monkeypatch):
-    """``llama-fused``: the Inductor-visible hot path (per-layer deferred fold), forced on the
-    CPU build. ``llama-triton`` and ``qwen3-triton``: the GPU path (in-kernel recording, its default), every site recorded
-    inside Triton versions of the model's norm and SiLU-and-mul kernels (`vllm_maxact.fusion`),
-    run by Triton's interpreter in vLLM's engine process (spawned after TRITON_INTERPRET is set)."""
+    """``llama-triton``: the GPU default (one Triton kernel per layer reading the tensors the
+    model holds), run by Triton's interpreter in vLLM's engine process (spawned after
+    TRITON_INTERPRET is set). ``llama-in_kernel`` and ``qwen3-in_kernel``: the opt-in path, every
+    site recorded inside Triton versions of the model's norm and SiLU-and-mul kernels
+    (`vllm_maxact.hotpath.in_kernel`)."""
     rtol, engine_kwargs, hot = RTOL, {}, None
     if "-" in arch:
         arch, hot = arch.split("-")
         monkeypatch.setenv("VLLM_MAXACT_HOT_PATH", hot)
-        if hot == "triton":
-            monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        # Triton's interpreter runs every kernel in numpy: keep vLLM's dummy and profiling
+        # forwards small (the longest prompt is 301 tokens; chunked prefill does the rest).
+        engine_kwargs = {"max_num_batched_tokens": 512}
+        if hot == "in_kernel":
             # The model's norms and activations are now our kernels (vLLM's eager rounding: the
             # norm rounds before its weight, where the compiled CPU norm does not), so the bf16
             # drift differs: measured, the last layer's MLP output turns a 2% gate difference into
             # 5.0% (the other paths: 2.2%); the earlier layers and the final norm agree within 2.2%.
             # A site mix-up is off by the tiny models' 3-4x range steps between layers.
             rtol = 0.06
-            # Triton's interpreter runs every kernel in numpy: keep vLLM's dummy and profiling
-            # forwards small (the longest prompt is 301 tokens; chunked prefill does the rest).
-            engine_kwargs = {"max_num_batched_tokens": 512}
     model_dir = tiny_factory(arch)
     toks = token_lists()
     payloads = []
     got = stats_by_site(served_stats(model_dir, toks, payloads=payloads, **engine_kwargs))
-    if hot == "triton":
+    if hot is not None:
+        assert {p["hot_path"] for p in payloads} == {hot}
+    if hot == "in_kernel":
         # every default site inside the model's norm and SiLU-and-mul kernels, none by hooks
-        assert {p["hot_path"] for p in payloads} == {"triton"}
         assert set(payloads[0]["in_kernel_sites"]) == set(payloads[0]["sites"]), payloads[0]["in_kernel_sites"]
     ref = reference_stats(model_dir, toks)
 

@@ -36,10 +36,20 @@ def batches(seed: int) -> list[tuple[torch.Tensor, int]]:
     return out
 
 
-@pytest.mark.parametrize("hot_path", ["fused", "cpu_op"])
+def _strategy(name: str):
+    """``cpu_op``: the CPU op; ``traced``: the plain tensor ops the GPU strategies trace into the
+    compiled graph for the opt-in INT-8 check (run here on CPU tensors)."""
+    from vllm_maxact.hotpath import CpuOp, HotPath
+
+    if name == "cpu_op":
+        return CpuOp()
+    return type("Traced", (CpuOp,), {"record_int8": HotPath.record_int8})()
+
+
+@pytest.mark.parametrize("hot_path", ["traced", "cpu_op"])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_device_figures_equal_float64_numpy(compiled, hot_path):
-    rec = Recorder(SITES, device=torch.device("cpu"), int8=True, hot_path=hot_path)
+    rec = Recorder(SITES, device=torch.device("cpu"), int8=True, hot_path=_strategy(hot_path))
 
     def fwd(x):
         rec.record(0, x)

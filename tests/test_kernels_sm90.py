@@ -31,7 +31,7 @@ def sm90():
     pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
 
-    from vllm_maxact import ops_norm
+    from vllm_maxact.hotpath import norm_kernels as ops_norm
 
     return _regs_module(), ops_norm, GPUTarget("cuda", 90, 32)
 
@@ -90,7 +90,7 @@ def test_pipelined_loops_compile_to_asynchronous_copies(sm90):
 
 def test_launch_constants_from_the_environment(monkeypatch):
     pytest.importorskip("triton")
-    from vllm_maxact import ops_norm
+    from vllm_maxact.hotpath import norm_kernels as ops_norm
 
     monkeypatch.setattr(ops_norm, "NORM_STAGES", 3)
     monkeypatch.setattr(ops_norm, "ACT_PROGRAMS_PER_SM", None)
@@ -140,8 +140,10 @@ def _launchers(ops_norm, ops_triton, H=256):
                                                *ext(4), 2)
 
     def record(t):
-        x = torch.ones(t, H, dtype=torch.bfloat16)
-        ops_triton.launch(*ext(4), torch.tensor([t]), [1, 3], [x, x])
+        from vllm_maxact.hotpath import Operand, pack
+
+        x, y = torch.ones(t, H, dtype=torch.bfloat16), torch.ones(t, 2 * H, dtype=torch.bfloat16)
+        ops_triton.launch(*ext(4), torch.tensor([t]), *pack([1, 3], [Operand(x, x), Operand(y, width=H)]))
 
     return ((ops_norm._norm_kernel, norm), (ops_norm._silu_mul_kernel, act), (ops_triton._layer_kernel, record))
 
@@ -153,7 +155,7 @@ def test_token_counts_do_not_select_a_new_binary(sm90, monkeypatch, sizes):
     16,384 tokens) would compile during serving, a 1-2 s stall. Within one class of launch
     settings (the launcher's size-dependent constants: rows read first at decode sizes, the
     pipelined loop for large steps), every count must map to one binary."""
-    from vllm_maxact import ops_triton
+    from vllm_maxact.hotpath import triton as ops_triton
 
     _, ops_norm, target = sm90
     monkeypatch.setattr(ops_triton, "_warm_upto", {})
@@ -170,7 +172,7 @@ def test_the_largest_step_compiles_every_smaller_steps_binary(sm90, monkeypatch)
     launch at a new largest count compiles one count of each launch class ahead
     (`ops_triton.warm_ahead`): after it, every smaller count's launch is one already compiled,
     and a second launch at the largest count compiles nothing more."""
-    from vllm_maxact import ops_triton
+    from vllm_maxact.hotpath import triton as ops_triton
 
     _, ops_norm, target = sm90
     monkeypatch.setattr(ops_triton, "_warm_upto", {})

@@ -103,21 +103,28 @@ def test_adapter_site_selection_by_kind_and_layer(monkeypatch):
     assert [s.name for s in rec.sites] == ["layers.1.residual", "layers.2.residual", "final_norm"]
 
 
-def test_fuse_sites_off_the_triton_path_says_why_and_fuses_nothing(caplog):
-    """VLLM_MAXACT_FUSE_SITES=1 set on a path that cannot honour it: every site stays on hooks (no
+def test_in_kernel_on_a_family_without_the_llama_layout_says_why_and_takes_nothing(caplog):
+    """VLLM_MAXACT_HOT_PATH=in_kernel on a family it cannot serve: every site stays on hooks (no
     module's forward replaced) and the log names the reason."""
-    from vllm_maxact.plugins.llama import LlamaAdapter
-
-    from vllm_maxact.fusion import fuse_sites
+    from vllm_maxact.adapters import Adapter
+    from vllm_maxact.hotpath.in_kernel import fuse_sites
     from vllm_maxact.recorder import Recorder
 
     rec = Recorder([Site(Kind.RESIDUAL, 0)], device=torch.device("cpu"), hot_path="cpu_op")
-    model = nn.Module()
     with caplog.at_level(logging.WARNING, logger="vllm_maxact"):
-        assert fuse_sites(rec, LlamaAdapter(), model, []) == set()
-    assert "ignored: the hot path is cpu_op" in caplog.text
-    # on by default: where it cannot apply (every CPU engine) it says so only at debug level
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="vllm_maxact"):
-        assert fuse_sites(rec, LlamaAdapter(), model, [], explicit=False) == set()
-    assert caplog.text == ""
+        assert fuse_sites(rec, Adapter(), nn.Module(), []) == set()
+    assert "does not declare vLLM's Llama layout" in caplog.text
+
+
+def test_hot_path_choice_names_the_setting_and_the_device():
+    """One strategy per engine, chosen once; a choice that cannot run there fails naming the
+    variable, the value and what runs instead."""
+    from vllm_maxact.hotpath import CpuOp, choose
+
+    assert isinstance(choose("auto", "cpu"), CpuOp) and isinstance(choose(None, "cpu"), CpuOp)
+    assert choose("cpu_op", "cpu", compiled=False).compiled is False
+    for name, device, words in (("fused", "cpu", "is not a hot path"), ("cpu_op", "cuda", "runs on cpu models"),
+                                ("in_kernel", "cpu", "runs on cuda models"), ("triton", "cpu", "runs on cuda models")):
+        with pytest.raises(ValueError, match=words) as e:
+            choose(name, device)
+        assert "VLLM_MAXACT_HOT_PATH" in str(e.value)

@@ -8,7 +8,8 @@ import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_ops_triton.py"
 
-from vllm_maxact import ops_triton  # noqa: E402
+from vllm_maxact.hotpath import Operand, pack  # noqa: E402
+from vllm_maxact.hotpath import triton as ops_triton  # noqa: E402
 
 
 @pytest.fixture(params=["gpu_form", "interpreter_form"])
@@ -16,7 +17,7 @@ def form(request, monkeypatch):
     """The in-kernel ops in both forms: the GPU's (one multi-operand reduction per norm row,
     SiLU-and-mul one row per step) and the one the interpreter runs by default (builtin
     reductions, 8-row steps)."""
-    from vllm_maxact import ops_norm
+    from vllm_maxact.hotpath import norm_kernels as ops_norm
 
     gpu = request.param != "interpreter_form"
     monkeypatch.setattr(ops_norm, "MULTI_REDUCE", gpu)
@@ -29,7 +30,7 @@ def norm_form(request, monkeypatch):
     """`form`, plus the GPU form with the norm loading each program's next row ahead
     (`ops_norm.NORM_PREFETCH_FROM`, and the loop's pipelining stages, which the interpreter
     accepts and ignores), for every row count, one row per program included."""
-    from vllm_maxact import ops_norm
+    from vllm_maxact.hotpath import norm_kernels as ops_norm
 
     gpu = request.param != "interpreter_form"
     monkeypatch.setattr(ops_norm, "MULTI_REDUCE", gpu)
@@ -71,15 +72,22 @@ def test_one_launch_equals_float64_per_site(tokens, valid):
     ext = torch.empty(7 + ops_triton.MAX_SITES, 2)
     ext[:, 0], ext[:, 1] = float("-inf"), float("inf")
     cnt = torch.zeros(7 + ops_triton.MAX_SITES, 2, dtype=torch.int64)
-    ops_triton.launch(ext, cnt, torch.tensor([valid]), slots, xs)
+    ops = [Operand(x) for x in xs]
+    ops[1] = Operand(merged, width=1500)  # read in place, as the gate half of a merged projection
+    # A residual stream passed as the pair a decoder layer returns: summed and rounded to bf16.
+    pair = (xs[0], (torch.randn(tokens, 2048, generator=g) * 0.3).to(torch.bfloat16))
+    ops.append(Operand(*pair))
+    slots = slots + [0]
+    xs = xs + [(pair[0].float() + pair[1].float()).to(torch.bfloat16)]
+    ops_triton.launch(ext, cnt, torch.tensor([valid]), *pack(slots, ops))
     for slot, x in zip(slots, xs, strict=True):
         got = (float(ext[slot, 0]), float(ext[slot, 1]), int(cnt[slot, 0]), int(cnt[slot, 1]))
         assert got == _truth(x, valid), slot
-    for slot in (0, 2, 5):
+    for slot in (2, 5):
         assert float(ext[slot, 0]) == float("-inf") and int(cnt[slot].sum()) == 0
 
 
-# -- sites recorded inside the model's own kernels (vllm_maxact.ops_norm) ------------------------
+# -- sites recorded inside the model's own kernels (vllm_maxact.hotpath.norm_kernels) ------------------------
 
 def _armed(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     ext = torch.empty(n, 2)
@@ -106,7 +114,7 @@ def test_in_kernel_add_rms_norm_records_and_equals_vllm(tokens, valid, dtype, no
     300 rows exceed the interpreter's 8 programs, so each program loops over rows."""
     from vllm.ir.ops.layernorm import fused_add_rms_norm
 
-    from vllm_maxact import ops_norm  # noqa: F401
+    from vllm_maxact.hotpath import norm_kernels as ops_norm  # noqa: F401
 
     g = torch.Generator().manual_seed(tokens)
     H = 96
@@ -133,7 +141,7 @@ def test_in_kernel_rms_norm_without_residual_or_weight(norm_form):
     weightless norm; positions of -1 record nothing."""
     from vllm.ir.ops.layernorm import rms_norm
 
-    from vllm_maxact import ops_norm  # noqa: F401
+    from vllm_maxact.hotpath import norm_kernels as ops_norm  # noqa: F401
 
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(23, 80, generator=g) * 5).to(torch.bfloat16)
@@ -158,7 +166,7 @@ def test_in_kernel_silu_and_mul_records_the_gate(tokens, valid, form):
     is not a multiple of the column block."""
     from vllm.model_executor.layers.activation import SiluAndMul
 
-    from vllm_maxact import ops_norm  # noqa: F401
+    from vllm_maxact.hotpath import norm_kernels as ops_norm  # noqa: F401
 
     g = torch.Generator().manual_seed(tokens)
     D = 1500
@@ -179,7 +187,7 @@ def test_in_kernel_finite_inputs_fold_without_the_exact_pass(tokens, valid, form
     """All values finite (the common case: the programs fold their max / min directly, no re-read):
     the recorded extrema are exactly those of the valid rows, counts stay 0, and a huge value in a
     padding row is ignored."""
-    from vllm_maxact import ops_norm  # noqa: F401
+    from vllm_maxact.hotpath import norm_kernels as ops_norm  # noqa: F401
 
     g = torch.Generator().manual_seed(tokens + 11)
     H, D = 200, 1500
@@ -206,7 +214,7 @@ def test_in_kernel_folds_into_what_the_rows_already_hold(tokens, form):
     whose own extremes pass the seed fold them, the others send nothing); a row seeded outside
     keeps its seed; neighbouring rows hold huge values, so reading the wrong row's bounds would
     skip folds that are due."""
-    from vllm_maxact import ops_norm  # noqa: F401
+    from vllm_maxact.hotpath import norm_kernels as ops_norm  # noqa: F401
 
     g = torch.Generator().manual_seed(tokens + 5)
     H, D = 200, 1500
@@ -238,8 +246,6 @@ def test_in_kernel_folds_into_what_the_rows_already_hold(tokens, form):
 @pytest.mark.parametrize("tokens", [1, 150])
 def test_one_launch_folds_into_what_the_rows_already_hold(tokens):
     """The unfused per-layer kernel: the same bounds, read per program (see above)."""
-    from vllm_maxact import ops_triton
-
     g = torch.Generator().manual_seed(tokens)
     x = torch.randn(tokens, 1500, generator=g) * 7
     hi, lo = float(x.max()), float(x.min())
@@ -247,5 +253,5 @@ def test_one_launch_folds_into_what_the_rows_already_hold(tokens):
     cnt = torch.zeros(4, 2, dtype=torch.int64)
     want = ext.clone()
     want[1] = torch.tensor([hi, lo])
-    ops_triton.launch(ext, cnt, torch.tensor([tokens]), [1, 3], [x, x])
+    ops_triton.launch(ext, cnt, torch.tensor([tokens]), *pack([1, 3], [Operand(x), Operand(x)]))
     assert torch.equal(ext, want), (ext, want)

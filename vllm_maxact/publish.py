@@ -77,7 +77,7 @@ def payload(rec: Recorder, vllm_config) -> dict[str, Any]:
         "model": model_name(vllm_config),
         "architecture": getattr(rec, "architecture", None),
         "adapter": getattr(rec, "adapter_name", None),
-        "hot_path": rec.hot_path,
+        "hot_path": rec.strategy.describe(),
         "in_kernel_sites": list(getattr(rec, "in_kernel_sites", [])),
         "vllm_version": vllm.__version__,
         "plugin_version": __version__,

@@ -272,9 +272,7 @@ def start_exporter(port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
 
 
 def _hot_path_label(payload: dict) -> str:
-    """How the sites are recorded: the hot path, with "+in_kernel" where some sites are recorded
-    inside the model's own kernels (older payloads: "unknown")."""
+    """How the sites are recorded: the hot path (`vllm_maxact.hotpath`; older payloads:
+    "unknown")."""
     hot = payload.get("hot_path")
-    if hot is None:
-        return "unknown"
-    return f"{hot}+in_kernel" if payload.get("in_kernel_sites") else str(hot)
+    return "unknown" if hot is None else str(hot)
