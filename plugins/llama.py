@@ -7,3 +7,4 @@ class LlamaAdapter(Adapter):
     name = "llama"
     architectures = ("LlamaForCausalLM", "MistralForCausalLM")
     fusable_layout = True
+    residual_chain = True

@@ -14,3 +14,4 @@ class MixtralAdapter(Adapter):
     architectures = ("MixtralForCausalLM",)
     mlp_attr = "block_sparse_moe"
     router_attr = "gate"
+    residual_chain = True

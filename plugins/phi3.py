@@ -7,3 +7,4 @@ from vllm_maxact.adapters import Adapter
 class Phi3Adapter(Adapter):
     name = "phi3"
     architectures = ("Phi3ForCausalLM",)
+    residual_chain = True

@@ -7,3 +7,4 @@ class Qwen2Adapter(Adapter):
     name = "qwen2"
     architectures = ("Qwen2ForCausalLM",)
     fusable_layout = True
+    residual_chain = True

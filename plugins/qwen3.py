@@ -7,3 +7,4 @@ class Qwen3Adapter(Adapter):
     name = "qwen3"
     architectures = ("Qwen3ForCausalLM",)
     fusable_layout = True
+    residual_chain = True

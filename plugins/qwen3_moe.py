@@ -15,3 +15,4 @@ class Qwen3MoeAdapter(Adapter):
     name = "qwen3_moe"
     architectures = ("Qwen3MoeForCausalLM",)
     router_attr = "gate"
+    residual_chain = True

@@ -103,6 +103,13 @@ class Adapter:
     #: gate/up projection, a final ``norm(x, residual)``), so the opt-in `in_kernel` hot path may record
     #: the default sites inside those norms and activations (`vllm_maxact.hotpath.in_kernel`).
     fusable_layout = False
+    #: The residual stream after layer i is the stream before it plus exactly the outputs of
+    #: the layer's ``attn_attr`` and ``mlp_attr`` modules, added in that order (pre-norm layers
+    #: without post-norms or layer scales: Llama, Qwen2/3, Mixtral, Qwen3-MoE). A compiled
+    #: model's residual sites are then recorded without changing its arithmetic
+    #: (`vllm_maxact.instrument.residual_chain`); other families read the stream from the pair
+    #: each layer returns, which can change the compiled model's rounding.
+    residual_chain = False
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.architectures

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vllm_maxact.adapters import Adapter, Probe, find_adapter, is_missing
+from vllm_maxact.adapters import Adapter, Probe, find_adapter, first, hidden_arg, is_missing
 from vllm_maxact.config import MaxActConfig
-from vllm_maxact.hotpath import choose
+from vllm_maxact.hotpath import CHAIN_ADD, CHAIN_SET, Operand, choose
 from vllm_maxact.recorder import Recorder
-from vllm_maxact.sites import CHANNEL_KINDS, Kind
+from vllm_maxact.sites import CHANNEL_KINDS, Kind, Site
 
 logger = logging.getLogger("vllm_maxact")
 
@@ -189,6 +189,76 @@ def add_join_points(rec: Recorder, adapter: Adapter, model: nn.Module, probes: l
         last.register_forward_hook(_join_hook(rec))
 
 
+def hidden_size(model: nn.Module, adapter: Adapter) -> int | None:
+    """The width of the residual stream: the model config's hidden size, else the embedding's."""
+    for obj in (model, adapter.decoder(model)):
+        size = getattr(getattr(obj, "config", None), "hidden_size", None)
+        if isinstance(size, int):
+            return size
+    emb = getattr(adapter.decoder(model), "embed_tokens", None)
+    weight = getattr(emb, "weight", None)
+    return int(weight.shape[-1]) if weight is not None and weight.dim() == 2 else None
+
+
+def residual_chain(rec: Recorder, adapter: Adapter, model: nn.Module, probes: list[Probe]) -> set[int]:
+    """Record the residual stream of a compiled model from tensors it writes anyway.
+
+    vLLM's decoder layers hand the stream on as ``(hidden, residual)`` not yet added, and under
+    torch.compile Inductor never writes it out: the next norm adds it up in float32 in its own
+    kernel, and carries the chain in float32 from layer to layer (it drops the round trip through
+    the model's dtype that eager execution has). Reading it would make Inductor write it, in the
+    model's dtype, and the next layers would then read it back rounded: different logprobs. So
+    the recorder keeps its own float32 chain, set from the embedding (or, on a later pipeline
+    stage, from the pair it receives) and incremented by each layer's attention and MLP outputs,
+    which are projection outputs the model writes anyway; the residual sites are its values.
+    In order: ``(chain + attn) + mlp``, as the norms add it. Returns the residual slots it
+    records (they get no hook). Needs the family's residual to be exactly those increments
+    (`Adapter.residual_chain`)."""
+    dec = adapter.decoder(model)
+    layers = getattr(dec, adapter.layers_attr)
+    rng = adapter.layer_range(dec)
+    present = [i for i in rng if not is_missing(layers[i])]
+    if not present or rec.chain.numel() == 0:
+        return set()
+    parts = {i: (getattr(layers[i], adapter.attn_attr, None), getattr(layers[i], adapter.mlp_attr, None))
+             for i in present}
+    if any(a is None or m is None for a, m in parts.values()):
+        return set()
+    slot_of = {p.site: s for s, p in enumerate(probes)}
+    layer_slots: dict[int, list[int]] = {}
+    for s, p in enumerate(probes):
+        if p.site.layer is not None:
+            layer_slots.setdefault(p.site.layer, []).append(s)
+    stash: dict[tuple[int, str], torch.Tensor] = {}
+    extract = hidden_arg(adapter.hidden_arg_index)
+
+    def init(module, args, kwargs) -> None:
+        residual = kwargs.get("residual", args[adapter.hidden_arg_index + 1]
+                              if len(args) > adapter.hidden_arg_index + 1 else None)
+        rec.update_chain(Operand(extract(args, kwargs), residual, chain=CHAIN_SET))
+
+    layers[present[0]].register_forward_pre_hook(init, with_kwargs=True)
+    taken = set()
+    for i in present:
+        attn, mlp = parts[i]
+        attn.register_forward_hook(lambda m, a, o, i=i: stash.__setitem__((i, "attn"), first(o)))
+        mlp.register_forward_hook(lambda m, a, o, i=i: stash.__setitem__((i, "mlp"), first(o)))
+        slot = slot_of.get(Site(Kind.RESIDUAL, i))
+        group = rec.where[layer_slots[i][0]][0] if i in layer_slots else None
+
+        def step(module, args, out, i=i, slot=slot, group=group) -> None:
+            op = Operand(stash.pop((i, "attn")), stash.pop((i, "mlp")), chain=CHAIN_ADD)
+            if slot is not None:
+                rec.record(slot, op)
+            else:
+                rec.update_chain(op, group)
+
+        layers[i].register_forward_hook(step)
+        if slot is not None:
+            taken.add(slot)
+    return taken
+
+
 def load_calibration(rec: Recorder, path) -> None:
     """Live drift: thresholds from a `vllm-maxact scales` file; evaluate from the start."""
     from vllm_maxact.int8 import read_scales
@@ -203,12 +273,17 @@ def load_calibration(rec: Recorder, path) -> None:
     rec.set_int8(2, thr)
 
 
+#: rows of the residual chain where the engine's token budget is unknown (tests)
+DEFAULT_CHAIN_ROWS = 4096
+
+
 def instrument(
     model: nn.Module, cfg: MaxActConfig, device: torch.device, adapter: Adapter | None = None,
-    compiled: bool = True,
+    compiled: bool = True, max_tokens: int | None = None,
 ) -> Recorder | None:
     """Register recording hooks on ``model``; returns its recorder, or None if unsupported.
-    ``compiled``: vLLM will run the model under torch.compile (False: enforce_eager)."""
+    ``compiled``: vLLM will run the model under torch.compile (False: enforce_eager);
+    ``max_tokens``: the most tokens one forward carries (vLLM's max_num_batched_tokens)."""
     adapter = adapter or find_adapter(model)
     arch = type(model).__name__
     if adapter is None:
@@ -226,16 +301,21 @@ def instrument(
         seen.add(p.site)
     widths = {p.site: linear_width(p.module) for p in probes if p.site.kind in CHANNEL_KINDS}
     strategy = choose(cfg.hot_path, device, compiled)
+    hidden = hidden_size(model, adapter)
+    chained = (compiled and not strategy.changes_outputs and not cfg.int8_enabled and hidden is not None
+               and getattr(adapter, "residual_chain", False) and any(p.site.kind == Kind.RESIDUAL for p in probes))
     rec = Recorder([p.site for p in probes], device=device, window_s=cfg.window_s, int8=cfg.int8_enabled,
-                   int8_hist=cfg.int8_check, hot_path=strategy, widths=widths)
+                   int8_hist=cfg.int8_check, hot_path=strategy, widths=widths,
+                   chain_shape=(max_tokens or DEFAULT_CHAIN_ROWS, hidden) if chained else None)
     if cfg.calibration is not None:
         load_calibration(rec, cfg.calibration)
     rec.adapter_name = adapter.name
     rec.architecture = arch
     taken = strategy.take_sites(rec, adapter, model, probes)
     rec.in_kernel_sites = [rec.sites[s].name for s in sorted(taken)]
+    chain_slots = residual_chain(rec, adapter, model, probes) if chained else set()
     for slot, p in enumerate(probes):
-        if slot in taken:
+        if slot in taken or slot in chain_slots:
             continue
         if p.on == "output":
             p.module.register_forward_hook(_output_hook(rec, slot, p.extract))

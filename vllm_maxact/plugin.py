@@ -113,14 +113,14 @@ def engine_config() -> MaxActConfig:
 
 
 def compiled(vllm_config) -> bool:
-    """Whether vLLM runs the model through its own compile pipeline (Inductor, the passes that
-    turn ``maybe_inplace`` norms functional), as opposed to eager (enforce_eager) or stock
-    torch.compile."""
+    """Whether vLLM runs the model traced by torch.compile (any compilation mode; the GPU's
+    piecewise Inductor graphs, the CPU build's single one), as opposed to eager
+    (``enforce_eager``, mode NONE)."""
     cc = vllm_config.compilation_config
     mode = getattr(cc, "mode", None)
     if mode is None:
         mode = getattr(cc, "level", 0)
-    return int(mode) == 3  # CompilationMode.VLLM_COMPILE
+    return int(mode) != 0  # CompilationMode.NONE
 
 
 def _start_front_end(cfg, runtime_dir) -> None:
@@ -226,7 +226,8 @@ def _attach(runner) -> None:
         return
     model = runner.get_model() if hasattr(runner, "get_model") else runner.model
     try:
-        rec = instrument(model, cfg, device=runner.device, compiled=compiled(runner.vllm_config))
+        rec = instrument(model, cfg, device=runner.device, compiled=compiled(runner.vllm_config),
+                         max_tokens=runner.vllm_config.scheduler_config.max_num_batched_tokens)
     except Exception:  # never take the server down for a monitoring failure
         logger.exception("vllm-maxact: instrumenting %s failed; serving without recording", type(model).__name__)
         rec = None

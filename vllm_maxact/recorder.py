@@ -138,7 +138,7 @@ class Recorder(nn.Module):
     def __init__(
         self, sites: list[Site], device: torch.device, window_s: float = 60.0, int8: bool = False,
         int8_hist: bool = True, hot_path: str | HotPath | None = None, widths: dict[Site, int] | None = None,
-        compiled: bool = True,
+        compiled: bool = True, chain_shape: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.sites = list(sites)
@@ -180,6 +180,10 @@ class Recorder(nn.Module):
             for sl, rows in zip(self.group_slots, chan_rows, strict=True)
         )
         self.register_buffer("n_valid", torch.zeros(1, dtype=torch.int64, device=device), persistent=False)
+        #: The residual stream of a compiled model, rebuilt in float32 from tensors the model has
+        #: written anyway (`vllm_maxact.instrument.residual_chain`): [max tokens, hidden].
+        self.register_buffer("chain", torch.zeros(chain_shape or (0, 0), dtype=torch.float32, device=device),
+                             persistent=False)
         #: Row statistics waiting for their group's fold (see `defer` / `flush`): traced as a
         #: Python list inside one forward, always empty between forwards.
         self._deferred: set[int] = set()
@@ -228,6 +232,14 @@ class Recorder(nn.Module):
         if self.int8:
             self.strategy.record_int8(group, self.qmode, self.n_valid, k, op.value(), self.int8_hist)
 
+    def update_chain(self, op: Operand, group: int | None = None) -> None:
+        """A chain update for a layer whose residual site is not recorded: with that layer's
+        deferred group (folded with it), or alone."""
+        if group is not None and group in self._deferred:
+            self._pending.setdefault(group, []).append((-1, op))
+        else:
+            self._fold_sites(0, [-1], [op])
+
     def defer(self, slot: int) -> int:
         """Make ``slot``'s group fold once per forward, at `flush` (one kernel, or one CPU op
         call, per layer instead of one per site); the caller must call ``flush(group)`` after
@@ -243,7 +255,7 @@ class Recorder(nn.Module):
             self._fold_sites(g, [k for k, _ in pending], [v for _, v in pending])
 
     def _fold_sites(self, g: int, positions: list[int], operands: list[Operand]) -> None:
-        self.strategy.fold(self.groups[g], self.n_valid, positions, operands)
+        self.strategy.fold(self.groups[g], self.n_valid, positions, operands, self.chain)
         if self.strategy.overlapped:
             self._outstanding.append((g, operands))
 

@@ -29,17 +29,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from vllm_maxact.recorder import SiteGroup
 
 
+#: `Operand.chain` modes
+CHAIN_NONE, CHAIN_SET, CHAIN_ADD = 0, 1, 2
+
+
 class Operand(NamedTuple):
     """One site's value as the model holds it: ``x``, or its first ``width`` columns, or
     ``x + addend`` rounded to x's dtype (vLLM's decoder layers return the residual stream as
-    ``(hidden, residual)`` not yet added)."""
+    ``(hidden, residual)`` not yet added). With ``chain`` set, the recorder's float32 residual
+    chain is set to (`CHAIN_SET`) or incremented by (`CHAIN_ADD`) ``x`` and then ``addend``, and
+    the site's value is the chain (`Recorder.chain`)."""
 
     x: torch.Tensor
     addend: torch.Tensor | None = None
     width: int | None = None
+    chain: int = CHAIN_NONE
 
     def value(self) -> torch.Tensor:
-        """The site's tensor itself (a new graph node where it is a sum or a slice)."""
+        """The site's tensor itself (a new graph node where it is a sum or a slice). Not for
+        chain operands, whose value is the recorder's state."""
+        if self.chain:
+            raise ValueError("a chain operand's value is the recorder's chain, not a tensor")
         v = self.x if self.width is None else self.x[..., : self.width]
         if self.addend is not None:
             v = v + (self.addend if self.width is None else self.addend[..., : self.width])
@@ -60,8 +70,8 @@ def value(v: Any) -> torch.Tensor | None:
 
 
 def pack(positions: list[int], operands: list[Operand]) -> tuple[list[int], list[torch.Tensor]]:
-    """The ops' flat form of several sites: ``spec`` holds (position, operand index, addend
-    index or -1, width or -1) per site; ``xs`` each distinct tensor once."""
+    """The ops' flat form of several sites: ``spec`` holds (position or -1, operand index, addend
+    index or -1, width or -1, chain mode) per site; ``xs`` each distinct tensor once."""
     xs: list[torch.Tensor] = []
     index: dict[int, int] = {}
 
@@ -73,7 +83,8 @@ def pack(positions: list[int], operands: list[Operand]) -> tuple[list[int], list
 
     spec: list[int] = []
     for pos, op in zip(positions, operands, strict=True):
-        spec += [pos, ref(op.x), -1 if op.addend is None else ref(op.addend), -1 if op.width is None else op.width]
+        spec += [pos, ref(op.x), -1 if op.addend is None else ref(op.addend), -1 if op.width is None else op.width,
+                 op.chain]
     return spec, xs
 
 
@@ -97,7 +108,10 @@ class HotPath:
         `vllm_maxact.instrument`'s join points."""
         return False
 
-    def fold(self, group: SiteGroup, n_valid: torch.Tensor, positions: list[int], operands: list[Operand]) -> None:
+    def fold(self, group: SiteGroup, n_valid: torch.Tensor, positions: list[int], operands: list[Operand],
+             chain: torch.Tensor) -> None:
+        """Fold ``operands`` into ``group``'s buffers at ``positions`` (-1: a chain update only);
+        ``chain``: the recorder's residual chain (empty when it keeps none)."""
         raise NotImplementedError
 
     def join(self, group: SiteGroup, operands: list[Operand]) -> None:
@@ -131,11 +145,11 @@ class CpuOp(HotPath):
     name = "cpu_op"
     devices = ("cpu",)
 
-    def fold(self, group, n_valid, positions, operands) -> None:
+    def fold(self, group, n_valid, positions, operands, chain) -> None:
         from vllm_maxact.hotpath.cpu_op import record_cpu
 
         spec, xs = pack(positions, operands)
-        record_cpu(group.extrema, group.counts, n_valid, spec, xs)
+        record_cpu(group.extrema, group.counts, chain, n_valid, spec, xs)
 
     def record_channels(self, chan, n_valid, row, x) -> None:
         from vllm_maxact.hotpath.cpu_op import record_channels_cpu
@@ -173,9 +187,9 @@ class Triton(HotPath):
     def overlapped(self) -> bool:
         return self._side
 
-    def fold(self, group, n_valid, positions, operands) -> None:
+    def fold(self, group, n_valid, positions, operands, chain) -> None:
         spec, xs = pack(positions, operands)
-        torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, n_valid, spec, xs, self._side)
+        torch.ops.vllm_maxact.record_triton(group.extrema, group.counts, chain, n_valid, spec, xs, self._side)
 
     def join(self, group, operands) -> None:
         if self._side:

@@ -40,35 +40,47 @@ def register_cpu_op(name: str, mutates_args: tuple[str, ...]):
     return register
 
 
-def site_rows(xs: list[torch.Tensor], xi: int, yi: int, width: int, n: int) -> torch.Tensor:
+def _rows(xs: list[torch.Tensor], i: int, n: int, width: int) -> torch.Tensor:
+    x = xs[i]
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    return x2[:n] if width < 0 else x2[:n, :width]
+
+
+def site_rows(xs: list[torch.Tensor], xi: int, yi: int, width: int, n: int, mode: int = 0,
+              chain: torch.Tensor | None = None) -> torch.Tensor:
     """The first ``n`` rows of a site packed by `vllm_maxact.hotpath.pack`: ``xs[xi]`` (its first
     ``width`` columns when ``width >= 0``), plus ``xs[yi]`` when ``yi >= 0``, the sum rounded to
-    the operand's dtype as the model rounds it (elementwise in float32)."""
-    x = xs[xi]
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    x2 = x2[:n] if width < 0 else x2[:n, :width]
+    the operand's dtype as the model rounds it (elementwise in float32). ``mode`` 1 / 2: the
+    float32 residual ``chain`` is set to / incremented by the operand and addend (in that order),
+    and the site's value is the chain."""
+    x2 = _rows(xs, xi, n, width)
+    if mode == 0:
+        return x2 if yi < 0 else x2 + _rows(xs, yi, n, width)
+    c = chain[:n, : x2.shape[1]]
+    if mode == 1:
+        c.copy_(x2)
+    else:
+        c.add_(x2)
     if yi >= 0:
-        y = xs[yi]
-        y2 = y if y.dim() == 2 else y.reshape(-1, y.shape[-1])
-        x2 = x2 + (y2[:n] if width < 0 else y2[:n, :width])
-    return x2
+        c.add_(_rows(xs, yi, n, width))
+    return c
 
 
-@register_cpu_op("record_cpu", mutates_args=("extrema", "counts"))
-def record_cpu(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, spec: list[int],
-               xs: list[torch.Tensor]) -> None:
-    """Fold the sites ``spec`` describes (position, operand, addend, width per site) into
-    ``extrema`` [S, 2] (max, min of finite values) and ``counts`` [S, 2] (nan, inf). The buffers
-    are read and written through NumPy views: a Python float against one element, not a tensor
-    op."""
+@register_cpu_op("record_cpu", mutates_args=("extrema", "counts", "chain"))
+def record_cpu(extrema: torch.Tensor, counts: torch.Tensor, chain: torch.Tensor, n_valid: torch.Tensor,
+               spec: list[int], xs: list[torch.Tensor]) -> None:
+    """Fold the sites ``spec`` describes (position, operand, addend, width, chain mode per site)
+    into ``extrema`` [S, 2] (max, min of finite values) and ``counts`` [S, 2] (nan, inf); a site
+    at position -1 only updates the chain. The buffers are read and written through NumPy views:
+    a Python float against one element, not a tensor op."""
     n = int(n_valid[0])
     if n <= 0:
         return
     ext, cnt = extrema.numpy(), counts.numpy()
-    for i in range(0, len(spec), 4):
-        pos, xi, yi, width = spec[i:i + 4]
-        x2 = site_rows(xs, xi, yi, width, n)
-        if x2.numel() == 0:
+    for i in range(0, len(spec), 5):
+        pos, xi, yi, width, mode = spec[i:i + 5]
+        x2 = site_rows(xs, xi, yi, width, min(n, chain.shape[0]) if mode else n, mode, chain)
+        if pos < 0 or x2.numel() == 0:
             continue
         lo, hi = torch.aminmax(x2)
         hi_f, lo_f = float(hi), float(lo)

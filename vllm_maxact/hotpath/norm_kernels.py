@@ -166,7 +166,7 @@ def _finish(v_ptr, stride, H, n, pid, step, h, lw, sh, sl, e_ptr, c_ptr, pos, BH
         fold_atomic(e_ptr, c_ptr, pos, h, lw, 0, 0, sh, sl)
     else:
         tl.debug_barrier()  # the program's own stores of this tensor, visible to all its threads
-        _site(v_ptr, H, stride, v_ptr, stride, n, e_ptr, c_ptr, pos, pid, 0, step, 1, BH, 0, False)
+        _site(v_ptr, H, stride, v_ptr, stride, n, e_ptr, c_ptr, pos, pid, 0, step, e_ptr, 0, 1, BH, 0, 0, False)
 
 
 @jit_token_count("T")

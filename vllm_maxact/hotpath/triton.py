@@ -135,12 +135,16 @@ def cast(v, dtype: tl.constexpr, RTNE: tl.constexpr):
 
 @triton.jit
 def _site(x_ptr, width, stride, y_ptr, ystride, n, ext_ptr, cnt_ptr, pos, pid_r, pid_c, row_programs,
-          BT: tl.constexpr, BC: tl.constexpr, HAS_Y: tl.constexpr, RTNE: tl.constexpr):
-    """One site's tiles: ``x[:, :width]``, or with ``HAS_Y`` the sum ``x + y`` rounded to x's
-    dtype exactly as the model rounds it (the residual stream of a decoder layer that returns
-    the pair not yet added)."""
+          c_ptr, cstride, BT: tl.constexpr, BC: tl.constexpr, HAS_Y: tl.constexpr, CHAIN: tl.constexpr,
+          RTNE: tl.constexpr):
+    """One site's tiles: ``x[:, :width]``; with ``HAS_Y`` the sum ``x + y`` rounded to x's dtype
+    exactly as the model rounds it (eager: the residual stream as the pair a decoder layer
+    returns). ``CHAIN`` (the residual stream of a compiled model, see `vllm_maxact.hotpath`):
+    1 sets the float32 chain ``c`` to ``x`` (plus ``y`` with ``HAS_Y``), 2 adds ``x`` and then
+    ``y`` to it; the site's value is the chain. A site at ``pos`` < 0 only updates the chain."""
     if pid_c * BC < width:
-        sh, sl = seen(ext_ptr, pos)
+        rec = pos >= 0
+        sh, sl = seen(ext_ptr, tl.maximum(pos, 0))
         cols = pid_c * BC + tl.arange(0, BC)
         cmask = cols < width
         hi = tl.full([BT, BC], float("-inf"), tl.float32)
@@ -151,10 +155,21 @@ def _site(x_ptr, width, stride, y_ptr, ystride, n, ext_ptr, cnt_ptr, pos, pid_r,
             rows = r0 + tl.arange(0, BT)
             m = (rows < n)[:, None] & cmask[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=m, other=0.0)
-            if HAS_Y:
-                y = tl.load(y_ptr + rows[:, None].to(tl.int64) * ystride + cols[None, :], mask=m, other=0.0)
-                x = cast(x.to(tl.float32) + y.to(tl.float32), x_ptr.dtype.element_ty, RTNE)
-            x = x.to(tl.float32)
+            if CHAIN == 0:
+                if HAS_Y:
+                    y = tl.load(y_ptr + rows[:, None].to(tl.int64) * ystride + cols[None, :], mask=m, other=0.0)
+                    x = cast(x.to(tl.float32) + y.to(tl.float32), x_ptr.dtype.element_ty, RTNE)
+                x = x.to(tl.float32)
+            else:
+                cp = c_ptr + rows[:, None].to(tl.int64) * cstride + cols[None, :]
+                if CHAIN == 1:
+                    x = x.to(tl.float32)
+                else:
+                    x = tl.load(cp, mask=m, other=0.0) + x.to(tl.float32)
+                if HAS_Y:
+                    x = x + tl.load(y_ptr + rows[:, None].to(tl.int64) * ystride + cols[None, :], mask=m,
+                                    other=0.0).to(tl.float32)
+                tl.store(cp, x, mask=m)
             is_nan = x != x
             is_inf = tl.abs(x) == float("inf")
             fin = m & ~is_nan & ~is_inf
@@ -162,49 +177,53 @@ def _site(x_ptr, width, stride, y_ptr, ystride, n, ext_ptr, cnt_ptr, pos, pid_r,
             lo = tl.minimum(lo, tl.where(fin, x, float("inf")))
             nan += (m & is_nan).to(tl.int32)
             inf += (m & is_inf).to(tl.int32)
-        h = tl.max(tl.max(hi, axis=1), axis=0)
-        lw = tl.min(tl.min(lo, axis=1), axis=0)
-        cn = tl.sum(tl.sum(nan, axis=1), axis=0)
-        ci = tl.sum(tl.sum(inf, axis=1), axis=0)
-        fold_atomic(ext_ptr, cnt_ptr, pos, h, lw, cn, ci, sh, sl)
+        if rec:
+            h = tl.max(tl.max(hi, axis=1), axis=0)
+            lw = tl.min(tl.min(lo, axis=1), axis=0)
+            cn = tl.sum(tl.sum(nan, axis=1), axis=0)
+            ci = tl.sum(tl.sum(inf, axis=1), axis=0)
+            fold_atomic(ext_ptr, cnt_ptr, pos, h, lw, cn, ci, sh, sl)
 
 
 @jit_token_count("T")
-def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T,
+def _layer_kernel(ext_ptr, cnt_ptr, nv_ptr, T, c_ptr, cstride, crows,
                   x0, w0, s0, y0, t0, p0, x1, w1, s1, y1, t1, p1, x2, w2, s2, y2, t2, p2,
                   x3, w3, s3, y3, t3, p3, x4, w4, s4, y4, t4, p4, x5, w5, s5, y5, t5, p5,
                   NS: tl.constexpr, CC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                  ADD: tl.constexpr, RTNE: tl.constexpr):
+                  ADD: tl.constexpr, CH: tl.constexpr, RTNE: tl.constexpr):
     """Program axis 1 picks the site (``NS`` of them); axis 0 tiles it. Bit k of ``ADD``: site k
-    is ``x_k + y_k``."""
+    has an addend; bits 2k, 2k + 1 of ``CH``: its chain mode (`_site`)."""
     pid = tl.program_id(0)
     sid = tl.program_id(1)
     row_programs = tl.num_programs(0) // CC
     pid_r = pid // CC
     pid_c = pid % CC
     n = tl.minimum(tl.load(nv_ptr).to(tl.int32), T)
+    if CH != 0:
+        n = tl.minimum(n, crows)
     if sid == 0:
-        _site(x0, w0, s0, y0, t0, n, ext_ptr, cnt_ptr, p0, pid_r, pid_c, row_programs, BT, BC, ADD & 1, RTNE)
+        _site(x0, w0, s0, y0, t0, n, ext_ptr, cnt_ptr, p0, pid_r, pid_c, row_programs, c_ptr, cstride, BT, BC,
+              ADD & 1, CH & 3, RTNE)
     if NS > 1:
         if sid == 1:
-            _site(x1, w1, s1, y1, t1, n, ext_ptr, cnt_ptr, p1, pid_r, pid_c, row_programs, BT, BC, (ADD >> 1) & 1,
-                  RTNE)
+            _site(x1, w1, s1, y1, t1, n, ext_ptr, cnt_ptr, p1, pid_r, pid_c, row_programs, c_ptr, cstride, BT, BC,
+                  (ADD >> 1) & 1, (CH >> 2) & 3, RTNE)
     if NS > 2:
         if sid == 2:
-            _site(x2, w2, s2, y2, t2, n, ext_ptr, cnt_ptr, p2, pid_r, pid_c, row_programs, BT, BC, (ADD >> 2) & 1,
-                  RTNE)
+            _site(x2, w2, s2, y2, t2, n, ext_ptr, cnt_ptr, p2, pid_r, pid_c, row_programs, c_ptr, cstride, BT, BC,
+                  (ADD >> 2) & 1, (CH >> 4) & 3, RTNE)
     if NS > 3:
         if sid == 3:
-            _site(x3, w3, s3, y3, t3, n, ext_ptr, cnt_ptr, p3, pid_r, pid_c, row_programs, BT, BC, (ADD >> 3) & 1,
-                  RTNE)
+            _site(x3, w3, s3, y3, t3, n, ext_ptr, cnt_ptr, p3, pid_r, pid_c, row_programs, c_ptr, cstride, BT, BC,
+                  (ADD >> 3) & 1, (CH >> 6) & 3, RTNE)
     if NS > 4:
         if sid == 4:
-            _site(x4, w4, s4, y4, t4, n, ext_ptr, cnt_ptr, p4, pid_r, pid_c, row_programs, BT, BC, (ADD >> 4) & 1,
-                  RTNE)
+            _site(x4, w4, s4, y4, t4, n, ext_ptr, cnt_ptr, p4, pid_r, pid_c, row_programs, c_ptr, cstride, BT, BC,
+                  (ADD >> 4) & 1, (CH >> 8) & 3, RTNE)
     if NS > 5:
         if sid == 5:
-            _site(x5, w5, s5, y5, t5, n, ext_ptr, cnt_ptr, p5, pid_r, pid_c, row_programs, BT, BC, (ADD >> 5) & 1,
-                  RTNE)
+            _site(x5, w5, s5, y5, t5, n, ext_ptr, cnt_ptr, p5, pid_r, pid_c, row_programs, c_ptr, cstride, BT, BC,
+                  (ADD >> 5) & 1, (CH >> 10) & 3, RTNE)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -214,36 +233,43 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def launch(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, spec: list[int],
-           xs: list[torch.Tensor]) -> None:
+           xs: list[torch.Tensor], chain: torch.Tensor | None = None) -> None:
     """Fold the sites ``spec`` describes (`vllm_maxact.hotpath.pack`: position, operand, addend,
-    width per site) into rows of ``extrema`` [S, 2] (max, min) and ``counts`` [S, 2] (nan, inf):
-    rows at or past ``n_valid[0]`` never count. All operands share the token axis (one decoder
-    layer's sites)."""
+    width, chain mode per site) into rows of ``extrema`` [S, 2] (max, min) and ``counts`` [S, 2]
+    (nan, inf): rows at or past ``n_valid[0]`` never count. All operands share the token axis
+    (one decoder layer's sites). ``chain``: the recorder's float32 residual chain [rows, H].
+    Sites that touch the chain are launched after the others, in order (a chain update reads
+    what the previous one wrote)."""
     views = [_rows(x) for x in xs]
-    sites = [spec[i:i + 4] for i in range(0, len(spec), 4)]
-    for i in range(0, len(sites), MAX_SITES):
-        part = sites[i:i + MAX_SITES]
+    sites = [spec[i:i + 5] for i in range(0, len(spec), 5)]
+    plain = [st for st in sites if st[4] == 0]
+    chained = [st for st in sites if st[4] != 0]
+    parts = [plain[i:i + MAX_SITES] for i in range(0, len(plain), MAX_SITES)] + [[st] for st in chained]
+    c = chain if chain is not None and chain.numel() else extrema
+    for part in parts:
         tokens = views[part[0][1]].shape[0]
         if tokens == 0:
             continue
-        widths = [views[xi].shape[1] if w < 0 else w for _, xi, _, w in part]
+        widths = [views[xi].shape[1] if w < 0 else w for _, xi, _, w, _ in part]
         cc = triton.cdiv(max(widths), BLOCK_C)
-        args, add = [], 0
+        args, add, ch = [], 0, 0
         for k in range(MAX_SITES):
             j = min(k, len(part) - 1)
-            pos, xi, yi, _ = part[j]
+            pos, xi, yi, _, mode = part[j]
             x = views[xi]
             y = views[yi] if yi >= 0 else x
-            if yi >= 0 and k == j:
-                add |= 1 << k
+            if k == j:
+                add |= (yi >= 0) << k
+                ch |= mode << (2 * k)
             args += [x, widths[j], x.stride(0), y, y.stride(0), pos]
         rtne = os.environ.get("TRITON_INTERPRET") == "1" and views[0].dtype == torch.bfloat16
-        consts = dict(NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C, ADD=add, RTNE=rtne, num_warps=4)
-        _layer_kernel[(_layer_rows(tokens)[0] * cc, len(part))](extrema, counts, n_valid, tokens, *args, **consts)
-        warm_ahead(("layer", *(a.dtype if torch.is_tensor(a) else a for a in args), cc, len(part), add),
+        consts = dict(NS=len(part), CC=cc, BT=BLOCK_T, BC=BLOCK_C, ADD=add, CH=ch, RTNE=rtne, num_warps=4)
+        head = (extrema, counts, n_valid, tokens, c, c.stride(0), c.shape[0])
+        _layer_kernel[(_layer_rows(tokens)[0] * cc, len(part))](*head, *args, **consts)
+        warm_ahead(("layer", *(a.dtype if torch.is_tensor(a) else a for a in args), cc, len(part), add, ch),
                    tokens, _layer_rows, (), (BLOCK_T, MAX_ROW_PROGRAMS),
-                   lambda t, rp, _, args=args, consts=consts: _layer_kernel.warmup(
-                       extrema, counts, n_valid, t, *args, grid=(rp * consts["CC"], consts["NS"]), **consts))
+                   lambda t, rp, _, args=args, consts=consts, head=head: _layer_kernel.warmup(
+                       *head[:3], t, *head[4:], *args, grid=(rp * consts["CC"], consts["NS"]), **consts))
 
 
 def _layer_rows(t: int) -> tuple[int, dict]:
@@ -267,9 +293,9 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 # Registered for every device: CUDA in service; CPU only runs it under TRITON_INTERPRET=1 (tests).
-@torch.library.custom_op("vllm_maxact::record_triton", mutates_args=("extrema", "counts"))
-def record_triton(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Tensor, spec: list[int],
-                  xs: list[torch.Tensor], side: bool) -> None:
+@torch.library.custom_op("vllm_maxact::record_triton", mutates_args=("extrema", "counts", "chain"))
+def record_triton(extrema: torch.Tensor, counts: torch.Tensor, chain: torch.Tensor, n_valid: torch.Tensor,
+                  spec: list[int], xs: list[torch.Tensor], side: bool) -> None:
     """One launch for several sites of one group. ``side``: on this device's side stream, after
     the work queued so far on the current stream and concurrently with what follows it; the
     caller must `join_triton` before ``xs`` may be freed or written (see `TritonSideStream`)."""
@@ -278,13 +304,13 @@ def record_triton(extrema: torch.Tensor, counts: torch.Tensor, n_valid: torch.Te
         stream = side_stream(extrema.device)
         stream.wait_stream(main)
         with torch.cuda.stream(stream):
-            launch(extrema, counts, n_valid, spec, xs)
+            launch(extrema, counts, n_valid, spec, xs, chain)
     else:
-        launch(extrema, counts, n_valid, spec, xs)
+        launch(extrema, counts, n_valid, spec, xs, chain)
 
 
 @record_triton.register_fake
-def _(extrema, counts, n_valid, spec, xs, side) -> None:
+def _(extrema, counts, chain, n_valid, spec, xs, side) -> None:
     return None
 
 
