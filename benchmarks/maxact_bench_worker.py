@@ -42,7 +42,8 @@ def randomize_weights(model) -> dict:
         layers = model.model.layers
         hidden = model.config.hidden_size
         for li, ch, scale in MASSIVE:
-            w = getattr(layers[li].mlp.down_proj, "weight", None) if li < len(layers) else None
+            down = getattr(layers[li].mlp, "down_proj", None) if li < len(layers) else None  # MoE: experts
+            w = getattr(down, "weight", None)
             if w is not None and w.dim() == 2:  # the CPU backend repacks linear weights away
                 w.data[ch % hidden, :] *= scale
     return {"params": n}

@@ -33,6 +33,9 @@ def serve(model: str, out: Path, *, plugin: bool, eager: bool = False, hot_path:
           extra: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "VLLM_MAXACT_ENABLE": "1" if plugin else "0"}
     env.pop("VLLM_MAXACT_HOT_PATH", None)
+    # The default publish interval (the suite's 0.5 s moved one decode logprob in 120 on the CPU
+    # build, as plain vLLM's own batching does: see benchmarks/RESULTS.md).
+    env.pop("VLLM_MAXACT_PUBLISH_INTERVAL_S", None)
     if hot_path:
         env["VLLM_MAXACT_HOT_PATH"] = hot_path
     if hot_path == "triton":

@@ -408,28 +408,115 @@ def test_residual_pair_is_summed_and_rounded_as_the_model_rounds_it(hot_path):
     assert (win.max[2], win.min[2]) == (float(gate.max()), float(gate.min()))
 
 
+def _compiled_outputs(model: torch.nn.Module, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    torch._dynamo.reset()
+    f = torch.compile(model, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        out = [f(x) for x in xs]
+    torch._dynamo.reset()
+    return out
+
+
+@torch.library.custom_op("maxact_test::linear", mutates_args=())
+def _opaque_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A linear layer Inductor cannot fuse into, as vLLM's are (cuBLAS on GPUs, oneDNN's
+    weight-packed GEMM on the CPU build): its output is always written out."""
+    return torch.nn.functional.linear(x, w)
+
+
+@_opaque_linear.register_fake
+def _(x, w):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+class _Linear(torch.nn.Linear):
+    def forward(self, x):
+        return _opaque_linear(x, self.weight)
+
+
+class _ChainMLP(torch.nn.Module):
+    def __init__(self, h: int) -> None:
+        super().__init__()
+        self.gate_up_proj = _Linear(h, 2 * h, bias=False)
+        self.down = _Linear(h, h, bias=False)
+
+    def forward(self, x):
+        gu = self.gate_up_proj(x)
+        return self.down(torch.nn.functional.silu(gu[..., : x.shape[-1]]) * gu[..., x.shape[-1]:])
+
+
+class _ChainLayer(torch.nn.Module):
+    """vLLM's Llama algebra: the stream grows by exactly the attention and MLP outputs, and the
+    layer returns ``(mlp_out, stream + attn_out)`` not yet added; linear layers are extern
+    kernels, norms and adds are Inductor's."""
+
+    def __init__(self, h: int, scale: float) -> None:
+        super().__init__()
+        self.self_attn = _Linear(h, h, bias=False)
+        self.self_attn.weight.data *= scale
+        self.mlp = _ChainMLP(h)
+
+    def forward(self, positions, hidden_states, residual):
+        x = hidden_states if residual is None else hidden_states + residual
+        r = x + self.self_attn(torch.nn.functional.rms_norm(x, (x.shape[-1],)))
+        return self.mlp(torch.nn.functional.rms_norm(r, (r.shape[-1],))), r
+
+
+class _ChainTop(torch.nn.Module):
+    def __init__(self, h: int = 64, n: int = 3) -> None:
+        super().__init__()
+        self.config = type("Config", (), {"hidden_size": h})()
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList(_ChainLayer(h, 1.0 + 3 * i) for i in range(n))
+        self.model.norm = torch.nn.Identity()
+
+    def forward(self, x):
+        residual = None
+        for layer in self.model.layers:
+            x, residual = layer(None, x, residual)
+        return self.model.norm(x + residual)
+
+
 @pytest.mark.parametrize("hot_path", HOT_PATHS)
-def test_instrumenting_changes_no_output_bit_of_a_compiled_model(hot_path):
-    """The recording ops are opaque calls that read what the model already computed: a model
-    compiled by Inductor with every default site recorded returns bit for bit what it returns
-    compiled without them (bf16, where a reordered or fused reduction would show)."""
+def test_compiled_residual_sites_come_from_the_float32_chain(hot_path):
+    """Compiled, the residual sites are the recorder's float32 chain (embedding, plus each
+    layer's attention and MLP outputs, in the norms' order), never the stream the model keeps
+    in registers: equal to a float32 recomputation of that chain, and the model's outputs are
+    bit for bit those of the same model compiled without the recorder."""
     from vllm_maxact.adapters import Adapter
     from vllm_maxact.config import MaxActConfig
     from vllm_maxact.instrument import instrument
 
-    torch.manual_seed(4)
-    plain = _Top(h=64).eval().to(torch.bfloat16)
-    inst = _Top(h=64).eval().to(torch.bfloat16)
+    class ChainAdapter(Adapter):
+        residual_chain = True
+
+    torch.manual_seed(7)
+    plain = _ChainTop().eval().to(torch.bfloat16)
+    inst = _ChainTop().eval().to(torch.bfloat16)
     inst.load_state_dict(plain.state_dict())
-    rec = instrument(inst, MaxActConfig(hot_path=hot_path), torch.device("cpu"), adapter=Adapter())
-    torch._dynamo.reset()
-    f_plain = torch.compile(plain, fullgraph=True, dynamic=True)
+    rec = instrument(inst, MaxActConfig(hot_path=hot_path), torch.device("cpu"), adapter=ChainAdapter(), max_tokens=64)
+    assert rec.chain.shape == (64, 64)
+    xs = [(torch.randn(n, 64) * 3).to(torch.bfloat16) for n in (9, 33)]
+    xs[1][30:] = 1e4  # padding rows: never recorded, never in the chain's values
+    outs = _compiled_outputs(plain, xs)
     f_inst = torch.compile(inst, fullgraph=True, dynamic=True)
+    want: dict[str, float] = {}
     with torch.no_grad():
-        for n in (3, 17, 40):
-            x = torch.randn(n, 64).to(torch.bfloat16) * 4
-            rec.begin_step(n)
-            a, b = f_plain(x), f_inst(x)
+        for x, valid, a in zip(xs, (9, 30), outs, strict=True):
+            n = x.shape[0]
+            rec.begin_step(valid)
+            b = f_inst(x)
             rec.end_step()
             assert torch.equal(a.view(torch.int16), b.view(torch.int16)), n
-    assert rec.collect().tokens == 60
+            chain, h = x[:valid].float(), x
+            for i, layer in enumerate(inst.model.layers):
+                hid, r = layer(None, h, None if i == 0 else res)
+                attn = layer.self_attn(torch.nn.functional.rms_norm(h if i == 0 else h + res, (64,)))
+                chain = (chain + attn[:valid].float()) + hid[:valid].float()
+                want[f"layers.{i}.residual"] = max(want.get(f"layers.{i}.residual", -1e9), float(chain.max()))
+                h, res = hid, r
+    win = rec.collect()
+    for i, site in enumerate(rec.sites):
+        if site.name in want:
+            assert win.max[i] == pytest.approx(want[site.name], rel=2e-2), site.name
+    assert win.tokens == 39

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from types import ModuleType
 
@@ -194,6 +195,25 @@ def _patch_runner(cls: type) -> None:
                     pub.after_step()
 
         cls.execute_model = execute_model
+    if "sample_tokens" in cls.__dict__:
+        original_sample = cls.sample_tokens
+
+        @functools.wraps(original_sample)
+        def sample_tokens(self, *args, **kwargs):
+            # The step's second half (logits to tokens and logprobs): the publisher's idle
+            # collect must not run beside it either. On the CPU build both share the process's
+            # OpenMP threads, and vLLM's compiled CPU kernels size their reductions by the
+            # threads they get: a collect during sampling changed a logprob's last bits.
+            pub = getattr(self, "_maxact_publisher", None)
+            if pub is None:
+                return original_sample(self, *args, **kwargs)
+            with pub.lock:
+                try:
+                    return original_sample(self, *args, **kwargs)
+                finally:
+                    pub.last_step = time.monotonic()
+
+        cls.sample_tokens = sample_tokens
 
 
 def _patch_worker(cls: type) -> None:
