@@ -104,21 +104,28 @@ def bitwise(args) -> dict:
     for cfg in args.configs.split(","):
         name, layers, runner, eager = CONFIGS[cfg]
         model = model_dir(name, layers, tmp)
-        variants = ["off", "on"] + (["off2", "on2"] if args.repeat_default and cfg == "llama-v2" else [])
+        variants = (["off2", "on2"] if args.only_repeat else ["off", "on"]) + (
+            ["off2", "on2"] if args.repeat_default and cfg == "llama-v2" and not args.only_repeat else [])
         for v in variants:
             jobs.append((cfg, v, model, runner, eager))
-    procs = []
-    for cfg, v, model, runner, eager in jobs:
-        path = out / f"{cfg}-{v}.json"
-        cache = Path(args.cache) / f"{cfg}-{v.rstrip('2')}"
-        procs.append((f"{cfg}-{v}", launch(model, path, plugin=v.startswith("on"), runner=runner, eager=eager,
-                                          mem=args.mem, cache=cache, extra=extra)))
-        time.sleep(args.stagger)
-    codes = wait_all(procs, args.limit)
+    codes: dict[str, int] = {}
+    t_end = time.time() + args.limit
+    for w in range(0, len(jobs), args.parallel):  # waves of --parallel engines
+        procs = []
+        for cfg, v, model, runner, eager in jobs[w:w + args.parallel]:
+            path = out / f"{cfg}-{v}.json"
+            cache = Path(args.cache) / f"{cfg}-{v.rstrip('2')}"
+            procs.append((f"{cfg}-{v}", launch(model, path, plugin=v.startswith("on"), runner=runner, eager=eager,
+                                              mem=args.mem, cache=cache, extra=extra)))
+            time.sleep(args.stagger)
+        codes.update(wait_all(procs, max(1.0, t_end - time.time())))
+        print("wave", w // args.parallel, {k: codes[k] for k, _ in procs}, flush=True)
     res = {"codes": codes, "configs": {}}
     for cfg in args.configs.split(","):
         r = {}
         files = {v: out / f"{cfg}-{v}.json" for v in ("off", "on", "off2", "on2")}
+        files.update({v: Path(args.previous) / f"{cfg}-{v}.json" for v in ("off", "on")
+                      if args.previous and not files[v].exists()})
         data = {v: json.loads(f.read_text()) for v, f in files.items() if f.exists()}
         if "off" in data and "on" in data:
             a, b = data["off"], data["on"]
@@ -210,6 +217,9 @@ def main() -> None:
     b = sub.add_parser("bitwise")
     b.add_argument("--configs", default="llama-v2,llama-v1")
     b.add_argument("--repeat-default", action="store_true", help="plain and instrumented twice for llama-v2")
+    b.add_argument("--only-repeat", action="store_true", help="only the second plain / instrumented processes")
+    b.add_argument("--parallel", type=int, default=2, help="engines at once")
+    b.add_argument("--previous", default=None, help="a folder with earlier off/on results to compare with")
     t = sub.add_parser("timing")
     t.add_argument("--model", default="llama3-8b")
     t.add_argument("--layers", type=int, default=None)
