@@ -25,7 +25,6 @@ from pathlib import Path
 CONFIGS = {
     "plain": {"VLLM_MAXACT_ENABLE": "0"},
     "cpu_op": {"VLLM_MAXACT_ENABLE": "1", "VLLM_MAXACT_HOT_PATH": "cpu_op"},
-    "fused": {"VLLM_MAXACT_ENABLE": "1", "VLLM_MAXACT_HOT_PATH": "fused"},
 }
 
 CHILD = """

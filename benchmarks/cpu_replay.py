@@ -10,7 +10,6 @@ tokenizer, truncated to --max-tokens), same machine, one run:
   plain      vLLM prompt-only prefill with the plugin installed but switched off
   maxact     vLLM prompt-only prefill with the plugin recording every default site, through
              `vllm_maxact.replay.run_replay` (what `vllm-maxact replay` does), CPU hot path
-  maxact_fused  (--fused) the same with VLLM_MAXACT_HOT_PATH=fused, for comparison
 
 vLLM's worker gets every CPU (VLLM_CPU_OMP_THREADS_BIND = the affinity list), as
 `vllm-maxact replay` sets it; vLLM's own default binds one CPU per core and keeps one back.
@@ -54,7 +53,6 @@ def main() -> None:
                     help="take the replay CLI's subsample (`--samples N --seed S`, every domain) instead of the first N")
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--fused", action="store_true", help="also time the fused hot path (a third engine)")
     ap.add_argument("--dtype", default=None,
                     help="every path's dtype (default: what `vllm-maxact replay` picks: float32 on x86 CPUs "
                     "without bf16 matrix units, else bfloat16)")
@@ -78,9 +76,8 @@ def main() -> None:
     samples = (load_corpus("builtin")[: args.samples] if args.seed is None
                else load_corpus("builtin", samples=args.samples, seed=args.seed))
     engines = {}
-    # maxact: the default hot path on CPU (one opaque op per layer); maxact_fused: the GPU hot
-    # path (Inductor-fused tensor ops), for comparison.
-    setups = [("plain", "0", "auto"), ("maxact", "1", "auto")] + ([("maxact_fused", "1", "fused")] if args.fused else [])
+    # maxact: the default hot path on CPU (one opaque op per layer)
+    setups = [("plain", "0", "auto"), ("maxact", "1", "auto")]
     for name, enable, hot in setups:
         os.environ["VLLM_MAXACT_ENABLE"] = enable
         os.environ["VLLM_MAXACT_HOT_PATH"] = hot
@@ -128,12 +125,11 @@ def main() -> None:
         "median_tok_per_s": med,
         "startup_s": startup,
         "maxact_vs_plain": med["maxact"] / med["plain"],
-        "maxact_fused_vs_plain": med["maxact_fused"] / med["plain"] if "maxact_fused" in med else None,
         "maxact_vs_hf_hooks": med["maxact"] / med["hf_hooks"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("median_tok_per_s", "startup_s", "maxact_vs_plain", "maxact_fused_vs_plain",
+    print(json.dumps({k: result[k] for k in ("median_tok_per_s", "startup_s", "maxact_vs_plain",
                                              "maxact_vs_hf_hooks")}, indent=1))
 
 

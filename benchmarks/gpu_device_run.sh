@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_device_run.sh LABEL:VARIANT:GPU[:HOT_PATH] [...] [-- extra args]
 #
-# HOT_PATH (optional) sets VLLM_MAXACT_HOT_PATH for that process (fused, triton; default auto).
+# HOT_PATH (optional) sets VLLM_MAXACT_HOT_PATH for that process (triton, in_kernel; default auto).
 # VARIANT is `tree` (the package as installed from the working tree) or a folder under
 # benchmarks/variants/ whose .py files replace the installed package's modules of the same
 # names (an experiment: the package is copied to $HOME/var_LABEL and put first on PYTHONPATH;

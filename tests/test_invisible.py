@@ -92,3 +92,18 @@ def test_smollm2_serves_the_same_bits_instrumented(smollm2_dir, domain_texts, tm
     plain = plain_outputs(("smollm2", False), smollm2_dir, tmp_path, extra=extra)
     inst = serve(smollm2_dir, tmp_path / "inst.json", plugin=True, extra=extra)
     check(plain, inst)
+
+
+def test_the_switch_is_read_per_engine_in_one_process(tiny_factory, tmp_path):
+    """``VLLM_MAXACT_ENABLE=0`` set before an engine is built applies to that engine even after an
+    instrumented one in the same process (engine core in process): it records nothing, and
+    `read_stats` / `reset_stats` on it raise the clear error, not a failed worker call."""
+    out = tmp_path / "switch.json"
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "switch_probe.py"), tiny_factory("llama"), str(out)],
+                         env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    log = res.stdout[-3000:] + res.stderr[-4000:]
+    assert res.returncode == 0, log
+    assert "has no attribute 'maxact" not in res.stderr, log
+    got = json.loads(out.read_text())
+    assert got["on"] == {"tokens": 69, "reset": "ok"}
+    assert "not recording" in got["off"]["read_error"] and "not recording" in got["off"]["reset_error"]
