@@ -13,6 +13,6 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --
 tag=${TAG:-$phase}
 mkdir -p "$OUT/$tag" "$HOME/gi"
 python3 benchmarks/gpu_invisible.py "$phase" --out "$HOME/gi/$tag" "$@" 2>&1 | tee "$OUT/$tag/summary.md"
-cp "$HOME/gi/$tag"/*.json "$OUT/$tag/" 2>/dev/null || true
+cp "$HOME/gi/$tag"/bitwise.json "$HOME/gi/$tag"/timing-*.json "$OUT/$tag/" 2>/dev/null || true
 find "$OUT/$tag" -name '*.json' -size +8M -delete  # raw served outputs stay on the machine
 for f in "$HOME/gi/$tag"/*.log; do echo "== $f"; grep -E "Error|error|Traceback|vllm-maxact|JIT compilation" "$f" | tail -8; tail -3 "$f"; done > "$OUT/$tag/logs.txt" 2>&1
