@@ -7,13 +7,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from vllm_maxact.auth import caller_token
 from vllm_maxact.export.arrow import table_from_payloads
 
 
 def collect(llm: Any, *, reset: bool = False) -> list[dict[str, Any]]:
     """Per-rank payloads from every worker of ``llm`` (a `vllm.LLM`)."""
     try:
-        payloads = llm.collective_rpc("maxact_collect", kwargs={"reset": reset})
+        kwargs = {"reset": True, "token": caller_token()} if reset else {}
+        payloads = llm.collective_rpc("maxact_collect", kwargs=kwargs)
     except Exception as e:  # the workers lack our methods: the plugin never loaded there
         if "maxact_collect" not in str(e):
             raise
@@ -40,7 +42,7 @@ def read_stats(
 
 def reset_stats(llm: Any) -> None:
     """Forget everything recorded so far (device buffers, lifetime and windows)."""
-    llm.collective_rpc("maxact_reset")
+    llm.collective_rpc("maxact_reset", kwargs={"token": caller_token()})
 
 
 def read_instance(

@@ -9,8 +9,10 @@ sharded by columns, so the max over shards is the max of the whole tensor.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.feather as feather
 
+from vllm_maxact.export.atomic import fsync_dir, temp_for
 from vllm_maxact.sites import Kind, Site
 
 SCHEMA_VERSION = "2"  # 2: channel_absmax
@@ -163,19 +166,23 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
 
     The data goes to an unnamed file in the target directory (Linux ``O_TMPFILE``), is fsynced,
     and only then gets a name: the target's own where none exists yet (snapshots: one link, so
-    a process killed at any point leaves nothing behind), else a temporary one renamed over the
-    target (a kill between the two leaves a ``.NAME.tmp.*`` file, which the snapshot writer
-    removes when it starts). A reader sees the old file or the new one, never a part. Elsewhere
-    a named temp file + fsync + rename is used.
+    a process killed at any point leaves nothing behind), else a random temporary one renamed
+    over the target (a kill between the two leaves a ``.NAME.tmp.*`` file, which the snapshot
+    writer removes when it starts). A reader sees the old file or the new one, never a part.
+    Elsewhere an exclusively created temp file + fsync + rename is used; no temporary name is
+    ever one that could have been planted, and none is left behind by a failure.
     """
     path = Path(path)
     directory = path.resolve().parent
-    tmp = directory / f".{path.name}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+    path = directory / path.name
+    tmp: Path | None = None
     fd = None
     if hasattr(os, "O_TMPFILE"):
         try:
             fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise  # a real failure (no space, read-only, no permission), not a missing feature
             fd = None  # filesystem without O_TMPFILE support
     try:
         if fd is not None:
@@ -185,30 +192,37 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
                 os.fsync(f.fileno())
                 # linkat(AT_SYMLINK_FOLLOW) gives the unnamed file a name; passing a dir fd makes
                 # CPython call linkat instead of link (which would not follow /proc's link).
+                src = f"/proc/self/fd/{f.fileno()}"
                 dfd = os.open(directory, os.O_RDONLY)
                 try:
                     try:
-                        os.link(f"/proc/self/fd/{f.fileno()}", path, src_dir_fd=dfd, follow_symlinks=True)
-                        linked = True
-                    except FileExistsError:  # replacing a file: name it, then rename over it
-                        os.link(f"/proc/self/fd/{f.fileno()}", tmp, src_dir_fd=dfd, follow_symlinks=True)
-                        linked = False
+                        os.link(src, path, src_dir_fd=dfd, follow_symlinks=True)
+                    except FileExistsError:  # replacing a file: a random new name, then rename over it
+                        for _ in range(16):
+                            tmp = directory / f".{path.name}.tmp.{secrets.token_hex(8)}"
+                            try:
+                                os.link(src, tmp, src_dir_fd=dfd, follow_symlinks=True)
+                                break
+                            except FileExistsError:
+                                tmp = None
+                        if tmp is None:
+                            raise
                 finally:
                     os.close(dfd)
         else:
-            feather.write_feather(table, tmp, compression="zstd")
-            with open(tmp, "rb") as f:
+            tfd, tmp = temp_for(path)
+            with os.fdopen(tfd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)
+                feather.write_feather(table, f, compression="zstd")
+                f.flush()
                 os.fsync(f.fileno())
-            linked = False
-        if not linked:
+        if tmp is not None:
             os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # make the rename itself durable
-        finally:
-            os.close(dfd)
+            tmp = None
+        fsync_dir(directory)  # make the new name itself durable
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -217,7 +231,7 @@ def read_table(path: str | os.PathLike) -> pa.Table:
     return feather.read_table(path)
 
 
-_SNAPSHOT_RE = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")
+SNAPSHOT_NAME = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")
 
 
 def safe_name(model: str) -> str:
