@@ -53,7 +53,7 @@ def read_instance(
     payloads its workers publish. Give the runtime dir, or the server's pid, or nothing (newest)."""
     from pathlib import Path
 
-    from vllm_maxact.export.runtime import discover, read_payloads
+    from vllm_maxact.export.runtime import check_private, discover, read_payloads
 
     if runtime_dir is None:
         found = discover(pid)
@@ -61,6 +61,8 @@ def read_instance(
             who = f"pid {pid}" if pid else "any process"
             raise RuntimeError(f"no running vLLM instance with vllm-maxact found for {who}")
         runtime_dir = str(found[0])
+    else:
+        check_private(Path(runtime_dir))  # RuntimeDirError: another user's, or writable by others
     payloads = read_payloads(Path(runtime_dir))
     if not payloads:
         raise RuntimeError(f"{runtime_dir}: no live worker has published statistics")

@@ -227,8 +227,80 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_table(path: str | os.PathLike) -> pa.Table:
-    return feather.read_table(path)
+class SchemaError(ValueError):
+    """A statistics table this version cannot read as ours; the message names the column."""
+
+
+def read_table(path: str | os.PathLike, *, check: bool = True) -> pa.Table:
+    """Read an Arrow IPC (Feather v2) statistics file. With ``check`` (the default) the whole
+    file is validated before anything computes on it (`conform`): a damaged file (flipped bytes
+    in its body give offsets past the data, invalid UTF-8, ...) raises instead of crashing the
+    compute kernels, and a file from a newer schema or with other column types raises
+    `SchemaError`."""
+    table = feather.read_table(path)
+    return conform(table) if check else table
+
+
+#: Columns of replay files beyond SCHEMA (format headroom, INT-8 figures): all float64.
+_FLOAT_PREFIXES = ("headroom_", "int8_")
+
+
+def _family(t: pa.DataType) -> str:
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t):
+        return "string"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and _family(t.value_type) in ("float", "integer", "null"):
+        return "float list"
+    return str(t)
+
+
+_ACCEPTS = {"string": {"string"}, "integer": {"integer"}, "float": {"float", "integer"},
+            "timestamp": {"timestamp"}, "float list": {"float list"}}
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` validated in full, its schema version checked, and every known column cast to
+    the type of this schema (a wider integer, float32, large_string, another timestamp unit: cast;
+    anything else: `SchemaError` naming the column)."""
+    try:
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError) as e:
+        raise SchemaError(f"the file is damaged ({str(e).splitlines()[0][:200]}); write it again "
+                          "(`vllm-maxact replay` or `snapshot`)") from None
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"vllm_maxact.schema_version")
+    if raw is not None:
+        try:
+            version = int(raw.decode())
+        except (UnicodeDecodeError, ValueError):
+            raise SchemaError(f"schema version {raw[:20]!r} is not a number: not a vllm-maxact file") from None
+        if version > int(SCHEMA_VERSION):
+            raise SchemaError(f"written with schema version {version}, newer than this vllm-maxact reads "
+                              f"(up to {SCHEMA_VERSION}): upgrade vllm-maxact (pip install -U vllm-maxact)")
+        if version < 1:
+            raise SchemaError(f"schema version {version} does not exist: not a vllm-maxact file")
+    want = {f.name: f.type for f in SCHEMA}
+    for i, name in enumerate(table.column_names):
+        target = want.get(name) or (pa.float64() if name.startswith(_FLOAT_PREFIXES) else None)
+        got = table.schema.field(i).type
+        if target is None or got == target:
+            continue
+        fam, want_fam = _family(got), _family(target)
+        if fam != "null" and fam not in _ACCEPTS[want_fam]:
+            raise SchemaError(f"column {name!r} holds {got}, expected {target} ({want_fam}): "
+                              "not a vllm-maxact statistics file, or a damaged one")
+        try:
+            table = table.set_column(i, pa.field(name, target), table.column(i).cast(target))
+        except (pa.ArrowException, ValueError) as e:
+            raise SchemaError(f"column {name!r}: cannot read {got} as {target} ({e})") from None
+    return table
 
 
 SNAPSHOT_NAME = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")
