@@ -31,7 +31,7 @@ from test_export import SITES, payload, payload_name
 from vllm_maxact import smoothquant
 from vllm_maxact.cli import main
 from vllm_maxact.export import runtime
-from vllm_maxact.export.arrow import SCHEMA, table_from_payloads, write_table
+from vllm_maxact.export.arrow import table_from_payloads, write_table
 from vllm_maxact.export.atomic import write_atomic
 from vllm_maxact.export.prometheus import MaxActCollector
 from vllm_maxact.export.runtime import PAYLOAD_STATUS, RuntimeDirError, ensure_runtime_dir, read_payloads
