@@ -266,9 +266,10 @@ def report(file, out_dir, window, no_plots) -> None:
     out_dir = out_dir or Path(f"{file.stem}-report")
     try:
         rep.select_view(table, window)
+        rep.select_view(table, window, domains=True)  # every view the report uses, before printing any
+        rep.print_report(table, Console(), window)
     except rep.ReportError as e:
         raise click.ClickException(f"{file}: {e}") from None
-    rep.print_report(table, Console(), window)
     pngs = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +281,8 @@ def report(file, out_dir, window, no_plots) -> None:
                     "plots need matplotlib: pip install 'vllm-maxact[report]' (or pass --no-plots)") from None
             pngs = rep.write_plots(table, out_dir, window)
         html = rep.write_html(table, out_dir / "report.html", pngs, window=window, source=file)
+    except rep.ReportError as e:
+        raise click.ClickException(f"{file}: {e}") from None
     except OSError as e:
         raise click.ClickException(f"cannot write the report to {out_dir}: {e}; pass another --out-dir") from None
     for p in [*pngs, html]:
@@ -317,7 +320,10 @@ def compare(files, labels, window, out_dir) -> None:
             rep.select_view(t, window)
         except rep.ReportError as e:
             raise click.ClickException(f"{f}: {e}") from None
-    rows = rep.compare(list(zip(names, tables, strict=True)), window)
+    try:
+        rows = rep.compare(list(zip(names, tables, strict=True)), window)
+    except rep.ReportError as e:
+        raise click.ClickException(str(e)) from None
     rep.print_compare(rows, Console())
     if out_dir:
         try:

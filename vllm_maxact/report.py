@@ -687,7 +687,8 @@ def write_html(table: pa.Table, out_path: str | os.PathLike, pngs: Sequence[str 
         if i["fp16_overflow"]:
             cards.append(_card("fp16", "overflows", f"M is {m / FP16_MAX:,.2f}x fp16's 65,504", "bad"))
         else:
-            cards.append(_card("fp16 headroom", f"{i['fp16_headroom']:,.1f}x", "65,504 / M", "ok"))
+            head = i["fp16_headroom"]  # None when every value is 0
+            cards.append(_card("fp16 headroom", f"{head:,.1f}x" if head is not None else "unbounded", "65,504 / M", "ok"))
         cards.append(_card("FP8 E4M3", "exceeds 448" if i["fp8_overflow"] else "fits 448",
                            "needs per-tensor scaling" if i["fp8_overflow"] else "", "warn" if i["fp8_overflow"] else "ok"))
     if i["tokens"] is not None:

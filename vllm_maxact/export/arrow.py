@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import math
 import os
 import re
 import secrets
@@ -300,7 +301,58 @@ def conform(table: pa.Table) -> pa.Table:
             table = table.set_column(i, pa.field(name, target), table.column(i).cast(target))
         except (pa.ArrowException, ValueError) as e:
             raise SchemaError(f"column {name!r}: cannot read {got} as {target} ({e})") from None
+    _check_rows(table)
     return table
+
+
+def _check_rows(table: pa.Table) -> None:
+    """What every row our writers produce satisfies (for the columns present): a known site whose
+    kind and layer match it; max, min and absmax all null (nothing observed) or all finite, with
+    min <= max and absmax = max(|max|, |min|); counts present and >= 0; channel maxima finite and
+    >= 0. A row that breaks one is damage (or another tool's file), named here, not a crash later."""
+    cols = {c: table.column(c).to_pylist() for c in ("window", "site", "kind", "layer", "rank", "absmax", "max",
+                                                      "min", "tokens", "nan_count", "inf_count", "channel_absmax")
+            if c in table.column_names}
+    known: dict[str, Site | None] = {}
+    for i in range(table.num_rows):
+        def bad(what: str, i: int = i) -> SchemaError:
+            site = cols["site"][i] if "site" in cols else None
+            return SchemaError(f"row {i}{f' ({site})' if isinstance(site, str) else ''}: {what}; the file is "
+                               "damaged or not written by vllm-maxact")
+
+        if "window" in cols and cols["window"][i] is None:
+            raise bad("window is null")
+        if "site" in cols:
+            name = cols["site"][i]
+            if name not in known:
+                try:
+                    known[name] = Site.parse(name) if name is not None else None
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    known[name] = None
+            site = known[name]
+            if site is None:
+                raise bad(f"site {str(name)[:60]!r} is not a site name")
+            if "kind" in cols and cols["kind"][i] != site.kind.value:
+                raise bad(f"kind {cols['kind'][i]!r} is not the site's kind")
+            if "layer" in cols and cols["layer"][i] != site.layer:
+                raise bad(f"layer {cols['layer'][i]!r} is not the site's layer")
+        if "rank" in cols and cols["rank"][i] is not None and cols["rank"][i] < 0:
+            raise bad("rank is negative")
+        ext = [cols[c][i] for c in ("absmax", "max", "min") if c in cols]
+        if any(v is None for v in ext) and any(v is not None for v in ext):
+            raise bad("absmax, max and min must all be set or all be null")
+        if any(v is not None and not math.isfinite(v) for v in ext):
+            raise bad("a maximum is not finite (NaN and Inf are counted, never recorded as maxima)")
+        if len(ext) == 3 and ext[0] is not None:
+            absmax, mx, mn = ext
+            if mn > mx or absmax < 0 or not math.isclose(absmax, max(abs(mx), abs(mn)), rel_tol=1e-6, abs_tol=1e-30):
+                raise bad(f"absmax {absmax}, max {mx} and min {mn} do not fit together")
+        for c in ("tokens", "nan_count", "inf_count"):
+            if c in cols and (cols[c][i] is None or cols[c][i] < 0):
+                raise bad(f"{c} is {cols[c][i]} (a count >= 0)")
+        chans = cols.get("channel_absmax", [None] * (i + 1))[i]
+        if chans is not None and any(v is not None and not (math.isfinite(v) and v >= 0) for v in chans):
+            raise bad("a channel maximum is negative or not finite")
 
 
 SNAPSHOT_NAME = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")

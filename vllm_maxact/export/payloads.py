@@ -9,7 +9,6 @@ a scrape, a snapshot or the thread that writes them.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -22,7 +21,11 @@ class PayloadError(ValueError):
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: ints are accepted, strings and bools not
-Count = Annotated[StrictInt, Field(ge=0)]
+Count = Annotated[StrictInt, Field(ge=0, lt=2**63)]  # what an int64 column holds
+#: Seconds since the epoch that a datetime (and a timestamp column) can hold: up to the year 9999.
+Timestamp = Annotated[float, Field(ge=0, le=253402300799, allow_inf_nan=False)]
+#: Per-channel maxima come from float32 buffers (and go to a float32 list column).
+ChannelMax = Annotated[float, Field(ge=0, le=3.4028234663852886e38, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -35,9 +38,9 @@ class StatsForm(_Strict):
     nan: list[Count]
     inf: list[Count]
     tokens: Count
-    start: Finite | None = None
-    end: Finite | None = None
-    channels: dict[StrictStr, list[Annotated[Finite, Field(ge=0)] | None]] = Field(default_factory=dict)
+    start: Timestamp
+    end: Timestamp
+    channels: dict[StrictStr, list[ChannelMax | None]] = Field(default_factory=dict)
 
 
 class Int8Sums(_Strict):
@@ -55,7 +58,7 @@ class Int8Form(_Strict):
 class PayloadForm(_Strict):
     model: Annotated[StrictStr, Field(min_length=1)]
     pid: Annotated[StrictInt, Field(gt=0)]
-    time: Finite
+    time: Timestamp
     sites: Annotated[list[StrictStr], Field(min_length=1)]
     lifetime: StatsForm
     recent: StatsForm
@@ -66,6 +69,14 @@ class PayloadForm(_Strict):
     window_s: Annotated[Finite, Field(ge=0)] = 0
     publish_errors: Count = 0
     int8: Int8Form | None = None
+    # identity (labels and Arrow string columns)
+    version: StrictInt | None = None
+    architecture: StrictStr | None = None
+    adapter: StrictStr | None = None
+    vllm_version: StrictStr | None = None
+    plugin_version: StrictStr | None = None
+    hot_path: StrictStr | None = None
+    in_kernel_sites: list[StrictStr] = Field(default_factory=list)
 
 
 def _shape(name: str, nested: list, shape: tuple[int, ...]) -> None:
@@ -80,7 +91,8 @@ def _shape(name: str, nested: list, shape: tuple[int, ...]) -> None:
 
 
 def validate_payload(obj: Any) -> dict[str, Any]:
-    """``obj`` itself if it is a well-formed payload, else `PayloadError` naming what is wrong."""
+    """The payload with its numbers normalized (ints where floats belong become floats), if it is
+    well formed; else `PayloadError` naming what is wrong."""
     if not isinstance(obj, dict):
         raise PayloadError(f"expected a JSON object, got {type(obj).__name__}")
     try:
@@ -121,9 +133,13 @@ def validate_payload(obj: Any) -> dict[str, Any]:
                 continue
             _shape(f"int8.{part}.acc", sums["acc"], (n, 2, 4))
             _shape(f"int8.{part}.cnt", sums["cnt"], (n, 2, 2))
-    if not math.isfinite(form.time) or form.time < 0:
-        raise PayloadError(f"time: {form.time} is not a timestamp")
-    return obj
+    return form.model_dump(exclude_unset=True)
+
+
+def shape(p: dict[str, Any]) -> tuple:
+    """What ranks of one stage must share to be merged: the sites and each channel site's width."""
+    return (tuple(p["sites"]),
+            *(tuple(sorted((k, len(v)) for k, v in p[w].get("channels", {}).items())) for w in ("lifetime", "recent")))
 
 
 def slot(p: dict[str, Any]) -> tuple[str, int, int]:

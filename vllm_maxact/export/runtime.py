@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vllm_maxact.export.payloads import PayloadError, slot, validate_payload
+from vllm_maxact.export.payloads import PayloadError, shape, slot, validate_payload
 
 logger = logging.getLogger("vllm_maxact")
 
@@ -225,7 +225,7 @@ def _load(name: str, f: Path, st: os.stat_result) -> dict[str, Any]:
         p = json.loads(raw)
     except ValueError as e:
         raise PayloadError(f"not JSON ({e})") from None
-    validate_payload(p)
+    p = validate_payload(p)
     if (p["pid"], p.get("tp_rank", 0), p.get("pp_rank", 0)) != (int(m["pid"]), int(m["tp"]), int(m["pp"])):
         raise PayloadError("its pid and ranks differ from its file name")
     return p
@@ -266,13 +266,13 @@ def read_payloads(path: Path | None, *, include_dead: bool = False) -> list[dict
         if s not in found or p["time"] > found[s]["time"]:
             found[s] = p  # e.g. a dead engine's worker and the live one of a later engine
     out = [found[s] for s in sorted(found)]
-    # Ranks of one stage must describe the same sites, or nothing can merge them.
-    stage_sites: dict[tuple[str, int], list[str]] = {}
+    # Ranks of one stage must describe the same sites (and channel widths), or nothing can merge them.
+    stage_shape: dict[tuple[str, int], tuple] = {}
     for p in sorted(out, key=lambda p: -p["time"]):
-        stage_sites.setdefault((p["model"], p.get("pp_rank", 0)), p["sites"])
+        stage_shape.setdefault((p["model"], p.get("pp_rank", 0)), shape(p))
     kept = []
     for p in out:
-        if p["sites"] != stage_sites[(p["model"], p.get("pp_rank", 0))]:
+        if shape(p) != stage_shape[(p["model"], p.get("pp_rank", 0))]:
             invalid += 1
             f = path / f"worker-tp{p.get('tp_rank', 0)}-pp{p.get('pp_rank', 0)}-{p['pid']}.json"
             _reject((str(f), p["time"]), f, "its sites differ from the newest payload of the same stage")
