@@ -198,18 +198,14 @@ POISON, CHANNEL = 4242, 5
 
 
 @pytest.fixture(scope="module")
-def inf_model(tiny_factory, tmp_path_factory):
-    """The tiny Llama with one Inf in the embedding row of token POISON: every sequence holding
-    that token sees an Inf at the embedding, then NaN (Inf / Inf in the norm) at every site of
-    every layer from there on; sequences without it stay finite."""
-    import shutil
-
+def inf_model(tokenizer_dir, tmp_path_factory):
+    """A one-layer tiny Llama (the least to compile per hot path) with one Inf in the embedding
+    row of token POISON: every sequence holding that token sees an Inf at the embedding, then
+    NaN (Inf / Inf in the norm) at every site from there on; sequences without it stay finite."""
     from safetensors.torch import load_file, save_file
+    from tiny_models import make_tiny
 
-    src = Path(tiny_factory("llama"))
-    dst = tmp_path_factory.mktemp("tiny-llama-inf")
-    for f in src.iterdir():
-        shutil.copy2(f, dst / f.name)
+    dst = make_tiny("llama", tmp_path_factory.mktemp("tiny-llama-inf"), tokenizer_dir=tokenizer_dir, layers=1)
     (weights,) = dst.glob("*.safetensors")
     tensors = load_file(str(weights))
     key = next(k for k in tensors if k.endswith("embed_tokens.weight"))

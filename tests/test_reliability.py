@@ -285,7 +285,7 @@ def test_an_explicit_runtime_dir_must_be_private_too(tmp_path):
     os.chmod(d, 0o777)
     put(d, {**payload(0, [1, 5, 3, None], [-2, -1, -3, None]), "tp_size": 1})
     r = CliRunner().invoke(main, ["snapshot", "--runtime-dir", str(d), "--out-dir", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "accessible to group or others" in r.output, r.output
+    assert r.exit_code == 1 and "writable by group or others" in r.output, r.output
 
 
 @pytest.mark.parametrize("writer", ["payload", "arrow replace"])

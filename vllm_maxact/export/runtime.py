@@ -52,8 +52,10 @@ class RuntimeDirError(RuntimeError):
     """A runtime directory that is not safe to use; the message names it and the fix."""
 
 
-def check_private(path: Path, what: str = "runtime directory") -> None:
-    """``path`` is a real directory (not a symlink), owned by this user, closed to group and others."""
+def check_private(path: Path, what: str = "runtime directory", mask: int = 0o022) -> None:
+    """``path`` is a real directory (not a symlink), owned by this user, with none of the ``mask``
+    permission bits: by default writable by nobody else (nothing can be planted in it); 0o077 for
+    the dirs this plugin creates itself (0700)."""
     try:
         st = os.lstat(path)
     except OSError as e:
@@ -65,30 +67,31 @@ def check_private(path: Path, what: str = "runtime directory") -> None:
         problem = "is not a directory"
     elif st.st_uid != os.geteuid():
         problem = f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
-    elif st.st_mode & 0o077:
-        problem = f"is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    elif st.st_mode & mask:
+        kind = "writable" if st.st_mode & mask & 0o022 else "readable"
+        problem = f"is {kind} by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     if problem:
         raise RuntimeDirError(
             f"vllm-maxact: refusing {what} {path}: it {problem}, so another user could plant or read "
             f"statistics there. Remove it (it is recreated private, mode 0700), or set "
-            f"VLLM_MAXACT_RUNTIME_DIR to a directory of yours with mode 0700.")
+            f"VLLM_MAXACT_RUNTIME_DIR to a directory of yours that only you can write (chmod 700).")
 
 
-def _make_private(path: Path, what: str) -> None:
+def _make_private(path: Path, what: str, mask: int = 0o077) -> None:
     try:
         path.mkdir(mode=0o700, exist_ok=True)  # the mode applies only when created: checked below
     except OSError as e:
         raise RuntimeDirError(f"vllm-maxact: cannot create {what} {path}: {e.strerror or e}") from None
     try:
         st = os.lstat(path)
-        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077
+        if (mask == 0o077 and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077
                 and not st.st_mode & 0o022):
             # Ours, readable by others but writable by nobody else (earlier versions made the
             # root 0755): nothing can have been planted in it, so closing it is enough.
             os.chmod(path, 0o700)  # a directory (lstat), in sticky or private parents
     except OSError:
         pass
-    check_private(path, what)
+    check_private(path, what, mask)
 
 
 def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path, bool]:
@@ -110,7 +113,8 @@ def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path, bool]:
         path = Path(configured)
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
-        _make_private(path, "runtime directory (VLLM_MAXACT_RUNTIME_DIR)")
+        # the user's own dir: created 0700, else used as it is if nobody else can write it
+        _make_private(path, "runtime directory (VLLM_MAXACT_RUNTIME_DIR)", mask=0o022)
         atexit.register(remove_payloads, path)
     else:
         root = instances_root()
