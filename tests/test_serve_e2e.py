@@ -358,14 +358,14 @@ def test_dev_mode_reset_needs_the_token(server, traffic):
     for body in ({"method": "maxact_reset"}, {"method": "maxact_reset", "kwargs": {"token": "guess"}},
                  {"method": "maxact_collect", "kwargs": {"reset": "true"}}):
         r = requests.post(server.url + "/collective_rpc", json=body, timeout=60)
-        assert r.status_code != 200 or "results" not in r.json(), r.text
+        assert r.status_code == 500, r.text  # the worker's PermissionError, passed on by vLLM
     OpenAI(base_url=server.url + "/v1", api_key="unused").completions.create(
         model=server.name, prompt="After a refused reset", max_tokens=2)
     assert _until(lambda: tokens() > before), "statistics were reset (or not published)"
     grown = tokens()
     r = requests.post(server.url + "/collective_rpc", json={"method": "maxact_reset", "kwargs": {"token": ADMIN_TOKEN}},
                       timeout=60)
-    assert r.status_code == 200 and r.json()["results"] == [True], r.text
+    assert r.status_code == 200 and r.json()["results"] == ["True"], r.text  # vLLM's endpoint str()s results
     OpenAI(base_url=server.url + "/v1", api_key="unused").completions.create(
         model=server.name, prompt="After the reset", max_tokens=2)
     assert _until(lambda: 0 < tokens() < grown), "the authorised reset did not reset"
