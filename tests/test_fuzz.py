@@ -38,7 +38,7 @@ from vllm_maxact.export.arrow import SCHEMA, table_from_payloads
 
 pytestmark = pytest.mark.faults
 
-EXAMPLES = int(os.environ.get("MAXACT_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MAXACT_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("MAXACT_FUZZ_RANDOM") != "1",
                 database=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
