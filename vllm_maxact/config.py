@@ -42,15 +42,20 @@ class MaxActConfig(BaseSettings):
         None, description="Restrict per-layer sites to these layers: '0-3,10' (default: all)."
     )
     publish_interval_s: float = Field(
-        2.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False, description="How often the worker copies device statistics to the host."
+        2.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False,
+        description="How often the worker copies device statistics to the host."
     )
     async_collect: bool = Field(
         True, description="Queue the periodic copy to the host behind the step instead of waiting for "
         "the device (published a step or so later); false: wait, as the API's reads always do."
     )
-    window_s: float = Field(60.0, gt=0, allow_inf_nan=False, description="Length of the 'recent' window for window maxima.")
+    window_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="Length of the 'recent' window for window maxima."
+    )
     snapshot_dir: Path | None = Field(None, description="Directory for periodic Arrow snapshots.")
-    snapshot_interval_s: float = Field(60.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False, description="Seconds between periodic snapshots.")
+    snapshot_interval_s: float = Field(
+        60.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False, description="Seconds between periodic snapshots."
+    )
     snapshot_retain: int = Field(100, ge=1, description="Keep at most this many snapshots per model.")
     runtime_dir: Path | None = Field(
         None, description="Where workers publish statistics for the API server (default: a temp dir)."
