@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -438,4 +437,3 @@ def test_worker_payloads(data):
 def test_fuzz_cases_are_bounded_and_reproducible():
     """The fuzz pass stays in the fast set: a fixed number of derandomized cases per reader."""
     assert FUZZ.max_examples == EXAMPLES and (FUZZ.derandomize or os.environ.get("MAXACT_FUZZ_RANDOM") == "1")
-    random.Random(0)  # (no global random state is used by the strategies above)
