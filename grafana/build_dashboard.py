@@ -54,6 +54,11 @@ METRICS: list[str] = [
     "vllm_maxact_snapshot_error",
     "vllm_maxact_snapshot_errors_total",
     "vllm_maxact_snapshot_last_success_timestamp_seconds",
+    # export health (no labels; publish errors per model {model_name})
+    "vllm_maxact_payload_errors_total",
+    "vllm_maxact_payloads_invalid",
+    "vllm_maxact_scrape_errors_total",
+    "vllm_maxact_publish_errors_total",
     # INT-8 drift, per site; only exported while a calibration file is loaded
     "vllm_maxact_int8_threshold",
     "vllm_maxact_int8_clip_rate",

@@ -40,6 +40,7 @@ FOR_DEFAULTS = {
     "VllmMaxactInt8ClipRateHigh": "5m",
     "VllmMaxactNoData": "5m",
     "VllmMaxactSnapshotFailing": "5m",
+    "VllmMaxactExportErrors": "1m",
 }
 
 _SITE = "{{ $labels.kind }}{{ if $labels.layer }} layer {{ $labels.layer }}{{ end }} of model {{ $labels.model_name }}"
@@ -56,6 +57,9 @@ def build_rules(for_override: str | None = None, *, int8_clip_rate: float = INT8
     nonfinite, absmax, wabsmax = metric("nonfinite_total"), metric("absmax"), metric("window_absmax")
     clip, updated, info = metric("int8_clip_rate"), metric("last_update_timestamp_seconds"), metric("info")
     snap_err = metric("snapshot_error")
+    export_errors = " or ".join(
+        [f"increase({metric(n)}[10m]) > 0" for n in ("payload_errors_total", "scrape_errors_total",
+                                                     "publish_errors_total")] + [f"{metric('payloads_invalid')} > 0"])
     rules: list[dict[str, Any]] = [
         {
             "alert": "VllmMaxactNonFiniteActivations",
@@ -128,6 +132,18 @@ def build_rules(for_override: str | None = None, *, int8_clip_rate: float = INT8
                 "description": "vllm_maxact_snapshot_error has been 1 on {{ $labels.instance }}: Arrow "
                                "snapshots are not being written (full or read-only disk, permissions). "
                                "Serving is unaffected; see the vLLM log for the cause. " + _RUNBOOK,
+            },
+        },
+        {
+            "alert": "VllmMaxactExportErrors",
+            "expr": export_errors,
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "vllm-maxact skips statistics on {{ $labels.instance }}",
+                "description": "Worker payloads were invalid and skipped, a scrape left a model out, or the "
+                               "workers could not publish (full or read-only disk){{ if $labels.model_name }} "
+                               "for model {{ $labels.model_name }}{{ end }}. Serving is unaffected; the other "
+                               "statistics are exported. The vLLM log names the file and the cause. " + _RUNBOOK,
             },
         },
     ]

@@ -53,9 +53,14 @@ def test_tp_ranks_merge_by_max_and_keep_per_rank_rows():
     assert sorted(r["rank"] for r in t.to_pylist() if r["site"] == "embedding" and r["rank"] is not None) == [0, 1]
 
 
+def payload_name(p) -> str:
+    """The file name a worker gives its payload (readers match it exactly)."""
+    return f"worker-tp{p['tp_rank']}-pp{p['pp_rank']}-{p['pid']}.json"
+
+
 def exposition(tmp_path: Path, payloads) -> str:
     for p in payloads:
-        (tmp_path / f"worker-tp{p['tp_rank']}-pp0-{p['tp_rank']}.json").write_text(json.dumps(p))
+        (tmp_path / payload_name(p)).write_text(json.dumps(p))
     reg = CollectorRegistry(auto_describe=False)
     reg.register(MaxActCollector(tmp_path))
     return generate_latest(reg).decode()
@@ -85,7 +90,7 @@ def test_unwritable_snapshot_dir_sets_error_metric_and_keeps_going(tmp_path, cap
     w = SnapshotWriter(blocker / "snapshots", tmp_path, interval=60, retain=3)
     assert STATUS["error"] and "snapshots" in caplog.text
     assert w.write_now() == []  # no payloads: nothing to do, no crash
-    (tmp_path / "worker-tp0-pp0-1.json").write_text(json.dumps(TP[0]))
+    (tmp_path / payload_name(TP[0])).write_text(json.dumps(TP[0]))
     errors = STATUS["errors"]
     assert w.write_now() == [] and STATUS["errors"] == errors + 1
     text = generate_latest(_reg(tmp_path)).decode()

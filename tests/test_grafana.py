@@ -38,6 +38,8 @@ CONTRACT = {
     "vllm_maxact_snapshot_error", "vllm_maxact_snapshot_errors_total",
     "vllm_maxact_snapshot_last_success_timestamp_seconds",
     "vllm_maxact_int8_threshold", "vllm_maxact_int8_clip_rate", "vllm_maxact_int8_sqnr_db",
+    "vllm_maxact_payload_errors_total", "vllm_maxact_payloads_invalid", "vllm_maxact_scrape_errors_total",
+    "vllm_maxact_publish_errors_total",
 }
 NAME_RE = re.compile(r"vllm_maxact_[a-z0-9_]+")
 VARS = ("model_name", "kind", "layer")
@@ -280,7 +282,8 @@ def test_promtool_alert_unit_tests(tmp_path):
     (tmp_path / "rules-0s.yaml").write_text(yaml.safe_dump(_strip_annotations(rules.render_rules("0s"))))
     sev = {a: s for a, s in (("VllmMaxactNonFiniteActivations", "critical"), ("VllmMaxactFp16Overflow", "warning"),
                              ("VllmMaxactFp16OverflowLifetime", "info"), ("VllmMaxactInt8ClipRateHigh", "warning"),
-                             ("VllmMaxactNoData", "warning"), ("VllmMaxactSnapshotFailing", "warning"))}
+                             ("VllmMaxactNoData", "warning"), ("VllmMaxactSnapshotFailing", "warning"),
+                             ("VllmMaxactExportErrors", "warning"))}
     series = [
         # a NaN burst at 10m on one site; another site stays clean
         {"series": _site("vllm_maxact_nonfinite_total", "residual", "3", value="nan"), "values": "0x9 4x6"},
@@ -296,6 +299,9 @@ def test_promtool_alert_unit_tests(tmp_path):
         {"series": 'vllm_maxact_last_update_timestamp_seconds{model_name="fresh"}', "values": "0+60x15"},
         {"series": 'vllm_maxact_info{model_name="stale"}', "values": "1x15"},
         {"series": "vllm_maxact_snapshot_error", "values": "1x15"},
+        # one invalid payload skipped at 10m (counted once); nothing invalid is left by 12m
+        {"series": "vllm_maxact_payload_errors_total", "values": "0x9 1x6"},
+        {"series": "vllm_maxact_payloads_invalid", "values": "0x15"},
     ]
 
     def alert(name: str, **labels: str) -> dict:
@@ -311,6 +317,7 @@ def test_promtool_alert_unit_tests(tmp_path):
             alert("VllmMaxactInt8ClipRateHigh", model_name="m", kind="attn_out", layer="0")],
         "VllmMaxactNoData": [alert("VllmMaxactNoData", model_name="stale")],
         "VllmMaxactSnapshotFailing": [alert("VllmMaxactSnapshotFailing")],
+        "VllmMaxactExportErrors": [alert("VllmMaxactExportErrors")],
     }
     tests = [
         {   # defaults: everything fires once its condition held for `for`
@@ -319,6 +326,7 @@ def test_promtool_alert_unit_tests(tmp_path):
                                 for a, e in expected_12m.items()]
             # pending, not yet firing: the NaN burst is 0 min old, clip rate needs 5m
             + [{"eval_time": "10m", "alertname": "VllmMaxactNonFiniteActivations", "exp_alerts": []},
+               {"eval_time": "8m", "alertname": "VllmMaxactExportErrors", "exp_alerts": []},
                {"eval_time": "4m", "alertname": "VllmMaxactInt8ClipRateHigh", "exp_alerts": []}],
         },
         {   # nothing scraped at all: the absent() branch

@@ -1,11 +1,17 @@
 """End to end with real parts: `vllm serve` (CPU build, real SmolLM2-135M) with the plugin,
 concurrent chat and completion requests from the `openai` client, Debian's Prometheus scraping
 vLLM's own /metrics. PromQL results, the latest Arrow snapshot and the Python API agree.
+Then the live part of the fault suite: a soak of concurrent completions, scrapes and
+`vllm-maxact snapshot` calls with memory, open files, runtime-dir size and series count flat; a
+full and a read-only disk under the snapshot dir while serving; reset over vLLM's dev-mode RPC.
 The last test kills the server with SIGKILL while snapshots are being written."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +29,7 @@ from vllm_maxact.export.snapshot import latest, list_snapshots
 # One server for the module's tests: on one pytest-xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve_e2e")]
 PUBLISH_S = 0.5
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +43,10 @@ def server(smollm2_dir, tmp_path_factory, smollm2_calibration):
         "VLLM_MAXACT_SNAPSHOT_RETAIN": "5",
         "VLLM_MAXACT_PUBLISH_INTERVAL_S": str(PUBLISH_S),
         "VLLM_MAXACT_WINDOW_S": "30",
+        # vLLM's dev mode opens POST /collective_rpc to anyone who reaches the port: our reset
+        # must still refuse callers without the admin token (test_dev_mode_reset_needs_the_token).
+        "VLLM_SERVER_DEV_MODE": "1",
+        "VLLM_MAXACT_ADMIN_TOKEN": ADMIN_TOKEN,
     })
     srv.snapshots = snaps
     yield srv
@@ -177,6 +188,187 @@ def test_alert_states(server, prometheus, traffic):
     # SmolLM2 peaks near 3e4: below fp16's limit; no NaN/Inf; live data; snapshots written.
     assert not firing & {"VllmMaxactNonFiniteActivations", "VllmMaxactFp16Overflow",
                          "VllmMaxactFp16OverflowLifetime", "VllmMaxactNoData", "VllmMaxactSnapshotFailing"}
+
+
+def _tree(pid: int) -> list:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _footprint(server) -> dict[str, float]:
+    """Resident memory and open files of the server's process tree, its runtime dir's files and
+    bytes, and the number of our series on /metrics."""
+    import psutil
+
+    from vllm_maxact.export.runtime import discover
+
+    rss = fds = 0
+    for p in _tree(server.proc.pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rss += p.memory_info().rss
+            fds += p.num_fds()
+    (run,) = discover(server.proc.pid)
+    files = [f for f in run.iterdir()]
+    series = [line for line in scrape(server).splitlines() if line.startswith("vllm_maxact_")]
+    return {"rss_mib": rss / 2**20, "fds": fds, "run_files": len(files),
+            "run_kib": sum(f.stat().st_size for f in files if f.exists()) / 1024, "series": len(series)}
+
+
+@pytest.mark.faults
+def test_soak_memory_files_and_series_stay_flat(server, traffic, tmp_path):
+    """Concurrent completions, scrapes and `vllm-maxact snapshot` calls for MAXACT_SOAK_S seconds
+    (60 in CI; longer as a benchmark, e.g. MAXACT_SOAK_S=1800). After a warm-up, resident memory
+    and open files of the server's processes, the runtime dir and the series count stay flat,
+    every request, scrape and snapshot succeeds, and retention bounds the snapshot dir."""
+    import os
+    import sys
+    import threading
+
+    from openai import OpenAI
+
+    duration = float(os.environ.get("MAXACT_SOAK_S", "60"))
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    stop, errors, counts = threading.Event(), [], {"requests": 0, "scrapes": 0, "snapshots": 0}
+
+    def guarded(fn):
+        def loop():
+            while not stop.is_set():
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{fn.__name__}: {e!r}")
+                    time.sleep(0.5)
+        return loop
+
+    def request():
+        client.completions.create(model=server.name, prompt="Soak test: the numbers " * 6, max_tokens=8)
+        counts["requests"] += 1
+
+    def scraper():
+        assert "vllm_maxact_absmax" in scrape(server)
+        counts["scrapes"] += 1
+        time.sleep(0.2)
+
+    def snapshotter():
+        out = tmp_path / f"cli-{counts['snapshots']}"
+        r = subprocess.run([sys.executable, "-m", "vllm_maxact.cli", "snapshot", "--pid", str(server.proc.pid),
+                            "--out-dir", str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and len(list(out.iterdir())) == 1, r.stderr[-500:]
+        shutil.rmtree(out)
+        counts["snapshots"] += 1
+
+    threads = [threading.Thread(target=guarded(f), daemon=True) for f in (request, request, request, scraper, snapshotter)]
+    for t in threads:
+        t.start()
+    time.sleep(min(20.0, duration / 3))  # warm-up: every code path has run, caches are filled
+    start, samples, t0 = _footprint(server), [], time.time()
+    while time.time() - t0 < duration:
+        time.sleep(min(10.0, duration / 6))
+        samples.append(_footprint(server))
+    stop.set()
+    for t in threads:
+        t.join(120)
+    end = _footprint(server)
+    print(f"soak {duration:.0f} s: {counts}; start {start}; end {end}")
+    assert not errors, errors[:5]
+    assert counts["requests"] > 10 and counts["scrapes"] > 10 and counts["snapshots"] >= 2, counts
+    for s in [*samples, end]:
+        assert s["series"] == start["series"], (start, s)
+        assert s["run_files"] == start["run_files"], (start, s)
+        assert s["run_kib"] <= 1.5 * start["run_kib"] + 16, (start, s)
+        assert s["fds"] <= start["fds"] + 16, (start, s)
+        assert s["rss_mib"] <= 1.10 * start["rss_mib"] + 64, (start, s)
+    assert len(list_snapshots(server.snapshots)) <= 5
+
+
+@contextlib.contextmanager
+def _mounted(path, disk: str, work):
+    """A tmpfs over ``path``: read-only, or full (filled elsewhere, then moved into place, so the
+    writer never sees it with room left)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    target = path if disk == "read-only" else work / "fill"
+    target.mkdir(exist_ok=True)
+    opts = "size=64k,ro" if disk == "read-only" else "size=64k"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    if disk == "full":
+        with contextlib.suppress(OSError), open(target / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        r = subprocess.run(["mount", "--move", str(target), str(path)], capture_output=True, text=True)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], check=False)
+            pytest.skip(f"cannot move a mount here: {r.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _snapshot_error(server) -> float | None:
+    for line in scrape(server).splitlines():
+        if line.startswith("vllm_maxact_snapshot_error "):
+            return float(line.split()[1])
+    return None
+
+
+def _until(cond, timeout: float = 30.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not cond():
+        time.sleep(0.5)
+    return cond()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_a_full_or_read_only_disk_keeps_serving_with_the_error_metric_set(server, traffic, disk, tmp_path):
+    """A full tmpfs or a read-only one mounted over the snapshot dir while serving: snapshots fail, vllm_maxact_snapshot_error is 1, completions and
+    /metrics keep working, nothing partial is left; unmounted, the error clears."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    with _mounted(server.snapshots, disk, tmp_path):
+        assert _until(lambda: _snapshot_error(server) == 1.0), "snapshot error not reported"
+        r = client.completions.create(model=server.name, prompt="Still serving? " * 4, max_tokens=4)
+        assert r.choices[0].text is not None
+        time.sleep(2)  # a few more failed attempts
+        assert [f for f in os.listdir(server.snapshots) if f != "filler"] == []  # nothing partial
+    assert _until(lambda: _snapshot_error(server) == 0.0), "snapshot error did not clear"
+
+
+@pytest.mark.faults
+def test_dev_mode_reset_needs_the_token(server, traffic):
+    """vLLM's dev mode serves POST /collective_rpc to anyone who reaches the port. Our reset
+    refuses a caller without the admin token (nothing is reset) and runs with it."""
+    from openai import OpenAI
+
+    def tokens() -> float:
+        for line in scrape(server).splitlines():
+            if line.startswith('vllm_maxact_tokens_total{model_name="smollm2"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = tokens()
+    assert before > 0
+    for body in ({"method": "maxact_reset"}, {"method": "maxact_reset", "kwargs": {"token": "guess"}},
+                 {"method": "maxact_collect", "kwargs": {"reset": "true"}}):
+        r = requests.post(server.url + "/collective_rpc", json=body, timeout=60)
+        assert r.status_code == 500, r.text  # the worker's PermissionError, passed on by vLLM
+    OpenAI(base_url=server.url + "/v1", api_key="unused").completions.create(
+        model=server.name, prompt="After a refused reset", max_tokens=2)
+    assert _until(lambda: tokens() > before), "statistics were reset (or not published)"
+    grown = tokens()
+    r = requests.post(server.url + "/collective_rpc", json={"method": "maxact_reset", "kwargs": {"token": ADMIN_TOKEN}},
+                      timeout=60)
+    assert r.status_code == 200 and r.json()["results"] == ["True"], r.text  # vLLM's endpoint str()s results
+    OpenAI(base_url=server.url + "/v1", api_key="unused").completions.create(
+        model=server.name, prompt="After the reset", max_tokens=2)
+    assert _until(lambda: 0 < tokens() < grown), "the authorised reset did not reset"
 
 
 def test_kill_9_mid_snapshot_leaves_complete_files(server, traffic):

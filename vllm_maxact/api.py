@@ -7,15 +7,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from vllm_maxact.auth import caller_token
 from vllm_maxact.export.arrow import table_from_payloads
 
 
 def collect(llm: Any, *, reset: bool = False) -> list[dict[str, Any]]:
     """Per-rank payloads from every worker of ``llm`` (a `vllm.LLM`)."""
     try:
-        payloads = llm.collective_rpc("maxact_collect", kwargs={"reset": reset})
+        kwargs = {"reset": True, "token": caller_token()} if reset else {}
+        payloads = llm.collective_rpc("maxact_collect", kwargs=kwargs)
     except Exception as e:  # the workers lack our methods: the plugin never loaded there
-        if "maxact_collect" not in str(e):
+        if "maxact_collect" not in str(e) or "refused" in str(e):
             raise
         payloads = []
     payloads = [p for p in payloads if p]
@@ -41,9 +43,9 @@ def read_stats(
 def reset_stats(llm: Any) -> None:
     """Forget everything recorded so far (device buffers, lifetime and windows)."""
     try:
-        done = llm.collective_rpc("maxact_reset")
+        done = llm.collective_rpc("maxact_reset", kwargs={"token": caller_token()})
     except Exception as e:  # the workers lack our methods: the plugin never loaded there
-        if "maxact_reset" not in str(e):
+        if "maxact_reset" not in str(e) or "refused" in str(e):
             raise
         done = []
     if not any(done):
@@ -58,7 +60,7 @@ def read_instance(
     payloads its workers publish. Give the runtime dir, or the server's pid, or nothing (newest)."""
     from pathlib import Path
 
-    from vllm_maxact.export.runtime import discover, read_payloads
+    from vllm_maxact.export.runtime import check_private, discover, read_payloads
 
     if runtime_dir is None:
         found = discover(pid)
@@ -66,6 +68,8 @@ def read_instance(
             who = f"pid {pid}" if pid else "any process"
             raise RuntimeError(f"no running vLLM instance with vllm-maxact found for {who}")
         runtime_dir = str(found[0])
+    else:
+        check_private(Path(runtime_dir))  # RuntimeDirError: another user's, or writable by others
     payloads = read_payloads(Path(runtime_dir))
     if not payloads:
         raise RuntimeError(f"{runtime_dir}: no live worker has published statistics")

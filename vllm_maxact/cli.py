@@ -214,16 +214,21 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, b
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
 def snapshot(pid, runtime_dir, out_dir) -> None:
     """Write an Arrow snapshot of a running vLLM instance on this machine, now."""
-    from vllm_maxact.export.runtime import discover, read_payloads
+    from vllm_maxact.export.runtime import RuntimeDirError, check_private, discover, read_payloads
     from vllm_maxact.export.snapshot import write_snapshots
 
-    if runtime_dir is None:
-        found = discover(pid)
-        if not found:
-            raise click.ClickException(
-                "no running vLLM instance with vllm-maxact found" + (f" for pid {pid}" if pid else "")
-                + "; pass --runtime-dir (the server logs it at start)")
-        runtime_dir = found[0]
+    try:
+        if runtime_dir is None:
+            found = discover(pid)
+            if not found:
+                raise click.ClickException(
+                    "no running vLLM instance with vllm-maxact found" + (f" for pid {pid}" if pid else "")
+                    + "; pass --runtime-dir (the server logs it at start)")
+            runtime_dir = found[0]
+        else:
+            check_private(runtime_dir)
+    except RuntimeDirError as e:
+        raise click.ClickException(str(e).removeprefix("vllm-maxact: ")) from None
     payloads = read_payloads(runtime_dir)
     if not payloads:
         raise click.ClickException(f"{runtime_dir}: no live worker has published statistics")
@@ -261,9 +266,10 @@ def report(file, out_dir, window, no_plots) -> None:
     out_dir = out_dir or Path(f"{file.stem}-report")
     try:
         rep.select_view(table, window)
+        rep.select_view(table, window, domains=True)  # every view the report uses, before printing any
+        rep.print_report(table, Console(), window)
     except rep.ReportError as e:
         raise click.ClickException(f"{file}: {e}") from None
-    rep.print_report(table, Console(), window)
     pngs = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +281,8 @@ def report(file, out_dir, window, no_plots) -> None:
                     "plots need matplotlib: pip install 'vllm-maxact[report]' (or pass --no-plots)") from None
             pngs = rep.write_plots(table, out_dir, window)
         html = rep.write_html(table, out_dir / "report.html", pngs, window=window, source=file)
+    except rep.ReportError as e:
+        raise click.ClickException(f"{file}: {e}") from None
     except OSError as e:
         raise click.ClickException(f"cannot write the report to {out_dir}: {e}; pass another --out-dir") from None
     for p in [*pngs, html]:
@@ -312,7 +320,10 @@ def compare(files, labels, window, out_dir) -> None:
             rep.select_view(t, window)
         except rep.ReportError as e:
             raise click.ClickException(f"{f}: {e}") from None
-    rows = rep.compare(list(zip(names, tables, strict=True)), window)
+    try:
+        rows = rep.compare(list(zip(names, tables, strict=True)), window)
+    except rep.ReportError as e:
+        raise click.ClickException(str(e)) from None
     rep.print_compare(rows, Console())
     if out_dir:
         try:
@@ -358,10 +369,14 @@ def scales(arrow_file, fmt, threshold, model_dir, alpha, out) -> None:
             raise click.UsageError("--format smoothquant needs --model (the checkpoint folder, for its weights)")
         if not (model_dir / "config.json").is_file():
             raise click.BadParameter(f"{model_dir} has no config.json", param_hint="--model")
+        from safetensors import SafetensorError
+
         try:
             doc = smoothquant.document(load(arrow_file), model_dir, alpha=alpha, source=str(arrow_file))
         except (ReportError, smoothquant.SmoothQuantError) as e:
             raise click.ClickException(str(e)) from None
+        except SafetensorError as e:
+            raise click.ClickException(f"{model_dir}: a weight file cannot be read ({e})") from None
         _emit(json.dumps(doc, indent=1) + "\n", out, f"{len(doc['layers'])} smoothing vectors")
         return
     try:
@@ -385,12 +400,15 @@ def _emit(text: str, out: Path | None, what: str) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    from vllm_maxact.publish import write_atomic
+    from vllm_maxact.export.atomic import write_atomic
 
     try:
         write_atomic(out, text.encode())
+    except IsADirectoryError:
+        raise click.ClickException(f"cannot write {out}: it is a directory; pass a file name, e.g. "
+                                   f"--out {out / 'scales.json'}") from None
     except OSError as e:
-        raise click.ClickException(f"cannot write {out}: {e}") from None
+        raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
     click.echo(f"{what} -> {out}")
 
 
@@ -404,6 +422,8 @@ def smooth(model_dir, smoothing_file, out_dir) -> None:
 
     SMOOTHING_FILE comes from `vllm-maxact scales FILE.arrow --format smoothquant --model MODEL_DIR`.
     Quantize the result with any W8A8 tool; see the README."""
+    from safetensors import SafetensorError
+
     from vllm_maxact import smoothquant
 
     try:
@@ -411,8 +431,10 @@ def smooth(model_dir, smoothing_file, out_dir) -> None:
         smoothquant.apply(model_dir, doc, out_dir, progress=True)
     except smoothquant.SmoothQuantError as e:
         raise click.ClickException(str(e)) from None
+    except SafetensorError as e:
+        raise click.ClickException(f"{model_dir}: a weight file cannot be read ({e}); pass an intact checkpoint") from None
     except OSError as e:
-        raise click.ClickException(f"cannot write {out_dir}: {e}") from None
+        raise click.ClickException(f"cannot write {out_dir}: {e.strerror or e}") from None
     click.echo(f"smoothed {len(doc['layers'])} norm/linear groups (alpha {doc['alpha']}) -> {out_dir}")
 
 

@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from vllm_maxact.sites import CHANNEL_KINDS, KIND_ORDER, Kind
 
 ENV_PREFIX = "VLLM_MAXACT_"
+#: Longest publish / snapshot interval: a day (threads wait on it; inf would kill them).
+MAX_INTERVAL_S = 86400.0
 #: Every kind but the opt-in per-channel ones (attn_in, mlp_in).
 DEFAULT_KINDS = tuple(k for k in KIND_ORDER if k not in CHANNEL_KINDS)
 
@@ -40,15 +42,20 @@ class MaxActConfig(BaseSettings):
         None, description="Restrict per-layer sites to these layers: '0-3,10' (default: all)."
     )
     publish_interval_s: float = Field(
-        2.0, gt=0, description="How often the worker copies device statistics to the host."
+        2.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False,
+        description="How often the worker copies device statistics to the host."
     )
     async_collect: bool = Field(
         True, description="Queue the periodic copy to the host behind the step instead of waiting for "
         "the device (published a step or so later); false: wait, as the API's reads always do."
     )
-    window_s: float = Field(60.0, gt=0, description="Length of the 'recent' window for window maxima.")
+    window_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="Length of the 'recent' window for window maxima."
+    )
     snapshot_dir: Path | None = Field(None, description="Directory for periodic Arrow snapshots.")
-    snapshot_interval_s: float = Field(60.0, gt=0, description="Seconds between periodic snapshots.")
+    snapshot_interval_s: float = Field(
+        60.0, gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False, description="Seconds between periodic snapshots."
+    )
     snapshot_retain: int = Field(100, ge=1, description="Keep at most this many snapshots per model.")
     runtime_dir: Path | None = Field(
         None, description="Where workers publish statistics for the API server (default: a temp dir)."
@@ -71,7 +78,9 @@ class MaxActConfig(BaseSettings):
         "extra kernel, but it rounds differently, so the served logprobs CHANGE.",
     )
     admin_token: str | None = Field(
-        None, description="Bearer token required by state-changing HTTP endpoints (reset)."
+        None, min_length=16, description="Lets callers outside the instance's own process (vLLM's dev-mode "
+        "/collective_rpc) run the state-changing worker methods (maxact_reset, maxact_int8): they pass it as "
+        "kwargs token. Unset: only the process that started the instance can.",
     )
 
     @field_validator("kinds", mode="before")

@@ -385,7 +385,7 @@ def _read_parquet(path: Path) -> tuple[list[Sample], list[Problem]]:
         raise CorpusError(f"reading {path} needs pyarrow: pip install pyarrow") from None
     try:
         schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged file: also UnicodeDecodeError
         raise CorpusError(f"cannot read parquet file {path}: {exc}") from None
     names = list(schema.names)
     if "text" not in names:
@@ -399,9 +399,10 @@ def _read_parquet(path: Path) -> tuple[list[Sample], list[Problem]]:
     cols = [c for c in ("text", "domain", "id") if c in names]
     try:
         table = pq.read_table(path, columns=cols)
-    except (OSError, pa.ArrowException) as exc:
+        table.validate(full=True)  # damaged pages: an error here, not garbage (or a crash) later
+        data = {c: table.column(c).to_pylist() for c in cols}
+    except (OSError, pa.ArrowException, ValueError) as exc:
         raise CorpusError(f"cannot read parquet file {path}: {exc}") from None
-    data = {c: table.column(c).to_pylist() for c in cols}
     return _rows_to_samples(str(path), data["text"], data.get("domain"), data.get("id"))
 
 

@@ -14,8 +14,10 @@ and linear interpolation inside the bin.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from vllm_maxact.ops_int8 import BINS_PER_OCTAVE, HIST_BINS, HIST_MIN_EXP
 
@@ -82,8 +84,25 @@ def headroom(absmax: float | None) -> dict[str, float | None]:
     }
 
 
+_Threshold = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
+
+
+class _SiteScales(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    threshold_max: _Threshold = None
+    threshold_p999: _Threshold = None
+
+
+class _Scales(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    format: StrictStr
+    sites: dict[StrictStr, _SiteScales]
+
+
 def read_scales(path) -> dict[str, dict]:
-    """Site -> {threshold_max, threshold_p999, ...} from a `vllm-maxact scales` JSON file."""
+    """Site -> {threshold_max, threshold_p999, ...} from a `vllm-maxact scales` JSON file.
+    ValueError naming the file and the field for anything else (thresholds must be finite and
+    >= 0, or null)."""
     import json
     from pathlib import Path
 
@@ -91,8 +110,16 @@ def read_scales(path) -> dict[str, dict]:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"calibration file {path}: cannot read it as JSON ({e})") from e
-    if data.get("format") != SCALES_FORMAT:
-        raise ValueError(f"calibration file {path}: not a vllm-maxact scales file (format {data.get('format')!r})")
+    if not isinstance(data, dict) or data.get("format") != SCALES_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"calibration file {path}: not a vllm-maxact scales file (format {got!r})")
+    try:
+        _Scales.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"calibration file {path}: {loc}: {err['msg']}; write it again with "
+                         "`vllm-maxact scales`") from None
     return data["sites"]
 
 

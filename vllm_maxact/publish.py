@@ -13,12 +13,12 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vllm_maxact.config import MaxActConfig
+from vllm_maxact.export.atomic import write_atomic
 from vllm_maxact.export.runtime import instance_dir
 from vllm_maxact.recorder import Recorder, Stats
 
@@ -105,16 +105,6 @@ def int8_dict(rec: Recorder) -> dict[str, Any]:
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write-then-rename with fsync: a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Publisher:
     """Collects a recorder every ``publish_interval_s`` and publishes it for the API server.
 
@@ -135,6 +125,7 @@ class Publisher:
         self.dirty = False
         self.dir = instance_dir()
         self.error: str | None = None
+        self.errors = 0  # failed publishes and idle-loop errors so far (the payload carries it)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._idle_loop, name="vllm-maxact-publish", daemon=True)
         self.thread.start()
@@ -157,23 +148,33 @@ class Publisher:
             self.publish()
 
     def publish(self, collect: bool = True) -> None:
+        """Never raises: serving goes on whatever fails here (a full or read-only disk, a removed
+        runtime dir, a bug); the failure is logged once per distinct message and counted in the
+        next payload that gets out (``vllm_maxact_publish_errors_total``)."""
         self.next_publish = time.monotonic() + self.cfg.publish_interval_s
         self.last_publish = time.monotonic()
-        if collect:
-            self.dirty = False
-            self.rec.collect()  # folds in a window still in flight first
-        if self.dir is None:
-            return
         try:
+            if collect:
+                self.dirty = False
+                self.rec.collect()  # folds in a window still in flight first
+            if self.dir is None:
+                return
             p = payload(self.rec, self.vllm_config)
-            self.dir.mkdir(parents=True, exist_ok=True)
+            p["publish_errors"] = self.errors
             name = f"worker-tp{p['tp_rank']}-pp{p['pp_rank']}-{os.getpid()}.json"
-            write_atomic(self.dir / name, json.dumps(p).encode())
+            # The front end created the dir private; never recreate it here (it would not be).
+            write_atomic(self.dir / name, json.dumps(p).encode(), mode=0o600)
             self.error = None
-        except OSError as e:  # a full or read-only disk must not stop serving
-            if self.error != str(e):
-                logger.error("vllm-maxact: cannot publish statistics to %s: %s", self.dir, e)
-            self.error = str(e)
+        except Exception as e:  # noqa: BLE001
+            self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        self.errors += 1
+        msg = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        if self.error != msg:
+            logger.error("vllm-maxact: cannot publish statistics to %s: %s (serving continues)", self.dir, msg,
+                         exc_info=not isinstance(e, OSError))
+        self.error = msg
 
     def _idle_loop(self) -> None:
         interval = self.cfg.publish_interval_s
@@ -183,23 +184,29 @@ class Publisher:
             # may be busy with warm-up or CUDA-graph capture, which a side thread must not touch.
             self.publish(collect=False)
         while not self._stop.wait(interval / 2):
-            now = time.monotonic()
-            if now - self.last_step < interval / 2:
-                continue  # busy: the worker thread publishes after its steps
-            if self.dirty or self.rec.in_flight:
-                # Traffic stopped: publish the tail of the burst (real steps ran, so start-up
-                # capture is over and the device is idle).
-                with self.lock:
-                    if self.dirty or self.rec.in_flight:
-                        if getattr(self.device, "type", "cpu") == "cuda":
-                            import torch
+            try:
+                self._idle_tick(interval, heartbeat)
+            except Exception as e:  # noqa: BLE001  (the thread outlives any error; counted)
+                self._failed(e)
 
-                            torch.cuda.synchronize(self.device)
-                        self.publish()
-            elif now - self.last_publish >= heartbeat:
-                # Heartbeat, so "no data" alerts mean a dead worker, not a quiet one.
-                with self.lock:
-                    self.publish(collect=False)
+    def _idle_tick(self, interval: float, heartbeat: float) -> None:
+        now = time.monotonic()
+        if now - self.last_step < interval / 2:
+            return  # busy: the worker thread publishes after its steps
+        if self.dirty or self.rec.in_flight:
+            # Traffic stopped: publish the tail of the burst (real steps ran, so start-up
+            # capture is over and the device is idle).
+            with self.lock:
+                if self.dirty or self.rec.in_flight:
+                    if getattr(self.device, "type", "cpu") == "cuda":
+                        import torch
+
+                        torch.cuda.synchronize(self.device)
+                    self.publish()
+        elif now - self.last_publish >= heartbeat:
+            # Heartbeat, so "no data" alerts mean a dead worker, not a quiet one.
+            with self.lock:
+                self.publish(collect=False)
 
     def stop(self) -> None:
         self._stop.set()

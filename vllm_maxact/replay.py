@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vllm_maxact.auth import caller_token
 from vllm_maxact.corpus import Sample
 from vllm_maxact.export.arrow import SCHEMA, merge_ranks, rows_from_stats, write_table
 from vllm_maxact.int8 import headroom
@@ -200,12 +201,12 @@ def run_replay(
 
     for phase, idx in enumerate(phases):
         if int8_check and phase == 0:
-            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 1, "clear_hist": True}))
+            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 1, "clear_hist": True}))
         if int8_check and phase == 1:
             thresholds = _thresholds(collect(llm), llm.collective_rpc("maxact_int8_hist"))
-            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 2, "thresholds": thresholds}))
+            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 2, "thresholds": thresholds}))
         if int8_check and phase == 2:
-            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
+            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 0}))
             int8_result = _int8_lifetime(collect(llm), thresholds)
         left: dict[str | None, int] = {}  # tokens of each domain not yet batched (this phase)
         for i in idx:
@@ -218,7 +219,7 @@ def run_replay(
             left[samples[i].domain] -= len(ids[i])
         flush()
     if int8_check and int8_result is None:
-        _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"mode": 0}))
+        _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 0}))
         int8_result = _int8_lifetime(collect(llm), thresholds)
 
     # The last batch's read holds the whole lifetime already (nothing ran since), unless the

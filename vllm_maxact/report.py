@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vllm_maxact import summary
-from vllm_maxact.export.arrow import read_table
+from vllm_maxact.export.arrow import SchemaError, read_table
 from vllm_maxact.sites import GLOBAL_KINDS, KIND_ORDER, Kind, Site
 from vllm_maxact.summary import FP8_E4M3_MAX, FP16_MAX
 
@@ -88,13 +88,16 @@ def load(path: str | os.PathLike) -> pa.Table:
     if p.is_dir():
         raise ReportError(f"{p}: is a directory; pass one .arrow file in it")
     try:
-        table = read_table(p)
+        table = read_table(p)  # validated in full before anything computes on it
     except PermissionError as e:
         raise ReportError(f"{p}: cannot be read ({e.strerror}); check its permissions") from None
+    except SchemaError as e:
+        raise ReportError(f"{p}: {e}") from None
     except (pa.ArrowException, OSError, ValueError) as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ReportError(
-            f"{p}: not an Arrow IPC/Feather file ({e}); pass a file written by `vllm-maxact replay` or "
-            "`vllm-maxact snapshot`"
+            f"{p}: not an Arrow IPC/Feather file, or a damaged one ({first}); pass a file written by "
+            "`vllm-maxact replay` or `vllm-maxact snapshot`"
         ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
@@ -684,7 +687,8 @@ def write_html(table: pa.Table, out_path: str | os.PathLike, pngs: Sequence[str 
         if i["fp16_overflow"]:
             cards.append(_card("fp16", "overflows", f"M is {m / FP16_MAX:,.2f}x fp16's 65,504", "bad"))
         else:
-            cards.append(_card("fp16 headroom", f"{i['fp16_headroom']:,.1f}x", "65,504 / M", "ok"))
+            head = i["fp16_headroom"]  # None when every value is 0
+            cards.append(_card("fp16 headroom", f"{head:,.1f}x" if head is not None else "unbounded", "65,504 / M", "ok"))
         cards.append(_card("FP8 E4M3", "exceeds 448" if i["fp8_overflow"] else "fits 448",
                            "needs per-tensor scaling" if i["fp8_overflow"] else "", "warn" if i["fp8_overflow"] else "ok"))
     if i["tokens"] is not None:

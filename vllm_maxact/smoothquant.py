@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 FORMAT = "vllm-maxact-smoothquant"
 VERSION = 1
@@ -45,7 +47,12 @@ class SmoothQuantError(ValueError):
 
 
 def _model_type(model_dir: Path) -> str:
-    cfg = json.loads((model_dir / "config.json").read_text())
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SmoothQuantError(f"{model_dir}/config.json cannot be read ({e}); pass the checkpoint folder") from None
+    if not isinstance(cfg, dict):
+        raise SmoothQuantError(f"{model_dir}/config.json is not a JSON object; pass the checkpoint folder")
     text = cfg.get("text_config") or {}
     return text.get("model_type") or cfg.get("model_type", "")
 
@@ -147,54 +154,137 @@ def document(table, model_dir: str | Path, *, alpha: float = 0.5, source: str | 
     }
 
 
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    site: StrictStr
+    norm: Annotated[StrictStr, Field(min_length=1)]
+    norm_offset: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    linears: Annotated[list[Annotated[StrictStr, Field(min_length=1)]], Field(min_length=1)]
+    smooth: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1)]
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    format: StrictStr
+    version: StrictInt
+    alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    layers: list[_Entry]
+
+
+def check_document(doc: Any, where: str = "smoothing file") -> dict[str, Any]:
+    """``doc`` if it is a well-formed smoothing document: every factor finite and > 0 (a factor of 0
+    or NaN would write non-finite weights), each tensor named once. Else `SmoothQuantError`."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise SmoothQuantError(f"{where}: not a smoothing file (format {got!r}); write one with "
+                               "`vllm-maxact scales FILE.arrow --format smoothquant --model DIR`")
+    try:
+        form = _Document.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise SmoothQuantError(f"{where}: {loc}: {err['msg']}; write the file again with "
+                               "`vllm-maxact scales ... --format smoothquant`") from None
+    if form.version > VERSION:
+        raise SmoothQuantError(f"{where}: version {form.version} is newer than this vllm-maxact reads ({VERSION}); "
+                               "upgrade vllm-maxact")
+    named: set[str] = set()
+    for i, e in enumerate(form.layers):
+        for key in (e.norm, *e.linears):
+            if key in named:
+                raise SmoothQuantError(f"{where}: layers.{i} ({e.site}): tensor {key!r} is named twice")
+            named.add(key)
+    return doc
+
+
 def read_document(path: str | Path) -> dict[str, Any]:
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise SmoothQuantError(f"{path}: cannot read smoothing factors ({e})") from None
-    if doc.get("format") != FORMAT:
-        raise SmoothQuantError(f"{path}: not a smoothing file (format {doc.get('format')!r}); write one with "
-                               "`vllm-maxact scales FILE.arrow --format smoothquant --model DIR`")
-    return doc
+    return check_document(doc, str(path))
+
+
+def _plan(files: list[Path], doc: dict[str, Any], model_dir: Path) -> dict[str, tuple[str, np.ndarray, float]]:
+    """Tensor name -> what to do with it, after checking every named tensor is in the checkpoint
+    with a shape the factors fit (nothing is written before this passes)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, list[int]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for key in h.keys():
+                shapes[key] = list(h.get_slice(key).get_shape())
+    changes: dict[str, tuple[str, np.ndarray, float]] = {}
+    for e in doc["layers"]:
+        s = np.asarray(e["smooth"], np.float64)
+        todo = [(e["norm"], "norm", float(e.get("norm_offset", 0.0)))] + [(k, "linear", 0.0) for k in e["linears"]]
+        for key, what, offset in todo:
+            if key not in shapes:
+                raise SmoothQuantError(f"tensor {key!r} ({e['site']}) is not in {model_dir}: the smoothing file "
+                                       "was made for another checkpoint")
+            shape = shapes[key]
+            fits = shape == [len(s)] if what == "norm" else (len(shape) == 2 and shape[-1] == len(s))
+            if not fits:
+                raise SmoothQuantError(f"{e['site']}: {len(s)} factors do not fit tensor {key!r} of shape {shape}: "
+                                       "the smoothing file was made for another checkpoint")
+            changes[key] = (what, s, offset)
+    return changes
 
 
 def apply(model_dir: str | Path, doc: dict[str, Any], out_dir: str | Path, *, progress: bool = False) -> Path:
     """Write a smoothed copy of the checkpoint: norm weights divided by s, the columns of the
     linear layers that read the norm multiplied by s. Same tensors names, shapes and dtypes;
-    every other file copied. Refuses to overwrite the source."""
+    every other file copied. Refuses to overwrite the source or a non-empty folder; everything is
+    checked before anything is written, and the copy is built in a temporary folder renamed into
+    place at the end, so a failure leaves no half-written output."""
+    import tempfile
+
     import torch
     from safetensors.torch import load_file, save_file
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise SmoothQuantError("--out must differ from the model folder (the original stays untouched)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    changes: dict[str, tuple[str, np.ndarray, float]] = {}
-    for e in doc["layers"]:
-        s = np.asarray(e["smooth"], np.float64)
-        changes[e["norm"]] = ("norm", s, float(e.get("norm_offset", 0.0)))
-        for key in e["linears"]:
-            changes[key] = ("linear", s, 0.0)
+    check_document(doc)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SmoothQuantError(f"{out_dir} exists and is not an empty folder; pass a new folder for the smoothed copy")
     files = _weight_files(model_dir)
-    seen = set()
-    for f in files:
-        tensors = load_file(str(f))
-        for key, t in tensors.items():
-            if key not in changes:
-                continue
-            what, s, offset = changes[key]
-            st = torch.as_tensor(s, dtype=torch.float32)
-            x = t.float()
-            x = (x + offset) / st - offset if what == "norm" else x * st[None, :]
-            tensors[key] = x.to(t.dtype).contiguous()
-            seen.add(key)
-        save_file(tensors, str(out_dir / f.name), metadata={"format": "pt"})
-        if progress:
-            print(f"smoothed {f.name}")
-    missing = sorted(set(changes) - seen)
-    if missing:
-        raise SmoothQuantError(f"tensors named in the smoothing file are not in {model_dir}: {missing[:3]}")
-    for other in model_dir.iterdir():
-        if other.is_file() and other.suffix != ".safetensors":
-            shutil.copy2(other, out_dir / other.name)
+    changes = _plan(files, doc, model_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
+    try:
+        for f in files:
+            tensors = load_file(str(f))
+            for key, t in tensors.items():
+                if key not in changes:
+                    continue
+                what, s, offset = changes[key]
+                st = torch.as_tensor(s, dtype=torch.float32)
+                x = t.float()
+                x = (x + offset) / st - offset if what == "norm" else x * st[None, :]
+                y = x.to(t.dtype)
+                if not torch.isfinite(y).all():
+                    raise SmoothQuantError(f"smoothing {key!r} gives values outside {t.dtype}'s range: the factors "
+                                           "are too large or too small for this checkpoint (try another --alpha)")
+                tensors[key] = y.contiguous()
+            save_file(tensors, str(tmp / f.name), metadata={"format": "pt"})
+            if progress:
+                print(f"smoothed {f.name}")
+        for other in model_dir.iterdir():
+            if other.is_file() and other.suffix != ".safetensors":
+                shutil.copy2(other, tmp / other.name)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700; the copy is an ordinary folder
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
+
+
+def _umask() -> int:
+    from vllm_maxact.export.atomic import umask
+
+    return umask()

@@ -67,7 +67,10 @@ def render(table: pa.Table, *, title: str = "", extra: dict[str, Any] | None = N
         return
     head = Table(title=title or "activation ranges", show_header=False)
     head.add_row("global max |x| (M)", f"{m:,.1f}", f"at {site}")
-    flag = "[red]OVERFLOWS fp16 (65,504)[/red]" if m > FP16_MAX else f"fits fp16 ({FP16_MAX / m:,.1f}x headroom)"
+    if m > FP16_MAX:
+        flag = "[red]OVERFLOWS fp16 (65,504)[/red]"
+    else:  # an all-zero model (every site 0) fits with unbounded headroom
+        flag = f"fits fp16 ({FP16_MAX / m:,.1f}x headroom)" if m > 0 else "fits fp16 (every value 0)"
     head.add_row("fp16", flag, "")
     fp8 = "[red]exceeds FP8 E4M3 (448)[/red]" if m > FP8_E4M3_MAX else "fits FP8 E4M3 (448)"
     head.add_row("fp8 e4m3", fp8, "needs per-tensor scaling" if m > FP8_E4M3_MAX else "")

@@ -11,14 +11,24 @@ from typing import Any
 RPC_METHODS = ("maxact_collect", "maxact_reset", "maxact_int8", "maxact_int8_hist")
 
 
+def _require(token, what: str) -> None:
+    from vllm_maxact.auth import require
+
+    require(token, what)
+
+
 def _recorder(worker):
     runner = getattr(worker, "model_runner", None)
     return getattr(runner, "_maxact_recorder", None), runner
 
 
-def maxact_collect(self, reset: bool = False) -> dict[str, Any] | None:
-    """This rank's statistics as a plain dict (see `recorder.payload`); optionally reset them."""
+def maxact_collect(self, reset: bool = False, token: str | None = None) -> dict[str, Any] | None:
+    """This rank's statistics as a plain dict (see `recorder.payload`); optionally reset them
+    (which needs the token: `vllm_maxact.auth`)."""
     from vllm_maxact.publish import payload, stats_dict
+
+    if reset:
+        _require(token, "maxact_collect(reset=True)")
 
     rec, runner = _recorder(self)
     if rec is None:
@@ -38,18 +48,21 @@ def maxact_collect(self, reset: bool = False) -> dict[str, Any] | None:
     return out
 
 
-def maxact_reset(self) -> bool:
+def maxact_reset(self, token: str | None = None) -> bool:
     rec, _ = _recorder(self)
-    if rec is None:
+    if rec is None:  # nothing recorded here: nothing to change, and the caller learns so
         return False
+    _require(token, "maxact_reset")
     rec.collect()
     rec.reset()
     return True
 
 
-def maxact_int8(self, mode: int, thresholds: dict | None = None, clear_hist: bool = False) -> bool:
+def maxact_int8(self, mode: int, thresholds: dict | None = None, clear_hist: bool = False,
+                token: str | None = None) -> bool:
     """Switch the INT-8 check phase (0 off, 1 calibrate, 2 evaluate) and set thresholds
     (site name -> [max threshold, p99.9 threshold]; sites not named get 0 = not evaluated)."""
+    _require(token, "maxact_int8")
     rec, runner = _recorder(self)
     if rec is None or not rec.int8:
         return False

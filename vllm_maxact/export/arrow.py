@@ -9,8 +9,11 @@ sharded by columns, so the max over shards is the max of the whole tensor.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import math
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.feather as feather
 
+from vllm_maxact.export.atomic import fsync_dir, temp_for
 from vllm_maxact.sites import Kind, Site
 
 SCHEMA_VERSION = "2"  # 2: channel_absmax
@@ -163,19 +167,23 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
 
     The data goes to an unnamed file in the target directory (Linux ``O_TMPFILE``), is fsynced,
     and only then gets a name: the target's own where none exists yet (snapshots: one link, so
-    a process killed at any point leaves nothing behind), else a temporary one renamed over the
-    target (a kill between the two leaves a ``.NAME.tmp.*`` file, which the snapshot writer
-    removes when it starts). A reader sees the old file or the new one, never a part. Elsewhere
-    a named temp file + fsync + rename is used.
+    a process killed at any point leaves nothing behind), else a random temporary one renamed
+    over the target (a kill between the two leaves a ``.NAME.tmp.*`` file, which the snapshot
+    writer removes when it starts). A reader sees the old file or the new one, never a part.
+    Elsewhere an exclusively created temp file + fsync + rename is used; no temporary name is
+    ever one that could have been planted, and none is left behind by a failure.
     """
     path = Path(path)
     directory = path.resolve().parent
-    tmp = directory / f".{path.name}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+    path = directory / path.name
+    tmp: Path | None = None
     fd = None
     if hasattr(os, "O_TMPFILE"):
         try:
             fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise  # a real failure (no space, read-only, no permission), not a missing feature
             fd = None  # filesystem without O_TMPFILE support
     try:
         if fd is not None:
@@ -185,39 +193,169 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> Path:
                 os.fsync(f.fileno())
                 # linkat(AT_SYMLINK_FOLLOW) gives the unnamed file a name; passing a dir fd makes
                 # CPython call linkat instead of link (which would not follow /proc's link).
+                src = f"/proc/self/fd/{f.fileno()}"
                 dfd = os.open(directory, os.O_RDONLY)
                 try:
                     try:
-                        os.link(f"/proc/self/fd/{f.fileno()}", path, src_dir_fd=dfd, follow_symlinks=True)
-                        linked = True
-                    except FileExistsError:  # replacing a file: name it, then rename over it
-                        os.link(f"/proc/self/fd/{f.fileno()}", tmp, src_dir_fd=dfd, follow_symlinks=True)
-                        linked = False
+                        os.link(src, path, src_dir_fd=dfd, follow_symlinks=True)
+                    except FileExistsError:  # replacing a file: a random new name, then rename over it
+                        for _ in range(16):
+                            tmp = directory / f".{path.name}.tmp.{secrets.token_hex(8)}"
+                            try:
+                                os.link(src, tmp, src_dir_fd=dfd, follow_symlinks=True)
+                                break
+                            except FileExistsError:
+                                tmp = None
+                        if tmp is None:
+                            raise
                 finally:
                     os.close(dfd)
         else:
-            feather.write_feather(table, tmp, compression="zstd")
-            with open(tmp, "rb") as f:
+            tfd, tmp = temp_for(path)
+            with os.fdopen(tfd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)
+                feather.write_feather(table, f, compression="zstd")
+                f.flush()
                 os.fsync(f.fileno())
-            linked = False
-        if not linked:
+        if tmp is not None:
             os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # make the rename itself durable
-        finally:
-            os.close(dfd)
+            tmp = None
+        fsync_dir(directory)  # make the new name itself durable
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return path
 
 
-def read_table(path: str | os.PathLike) -> pa.Table:
-    return feather.read_table(path)
+class SchemaError(ValueError):
+    """A statistics table this version cannot read as ours; the message names the column."""
 
 
-_SNAPSHOT_RE = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")
+def read_table(path: str | os.PathLike, *, check: bool = True) -> pa.Table:
+    """Read an Arrow IPC (Feather v2) statistics file. With ``check`` (the default) the whole
+    file is validated before anything computes on it (`conform`): a damaged file (flipped bytes
+    in its body give offsets past the data, invalid UTF-8, ...) raises instead of crashing the
+    compute kernels, and a file from a newer schema or with other column types raises
+    `SchemaError`."""
+    table = feather.read_table(path)
+    return conform(table) if check else table
+
+
+#: Columns of replay files beyond SCHEMA (format headroom, INT-8 figures): all float64.
+_FLOAT_PREFIXES = ("headroom_", "int8_")
+
+
+def _family(t: pa.DataType) -> str:
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t):
+        return "string"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and _family(t.value_type) in ("float", "integer", "null"):
+        return "float list"
+    return str(t)
+
+
+_ACCEPTS = {"string": {"string"}, "integer": {"integer"}, "float": {"float", "integer"},
+            "timestamp": {"timestamp"}, "float list": {"float list"}}
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` validated in full, its schema version checked, and every known column cast to
+    the type of this schema (a wider integer, float32, large_string, another timestamp unit: cast;
+    anything else: `SchemaError` naming the column)."""
+    try:
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError) as e:
+        raise SchemaError(f"the file is damaged ({str(e).splitlines()[0][:200]}); write it again "
+                          "(`vllm-maxact replay` or `snapshot`)") from None
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"vllm_maxact.schema_version")
+    if raw is not None:
+        try:
+            version = int(raw.decode())
+        except (UnicodeDecodeError, ValueError):
+            raise SchemaError(f"schema version {raw[:20]!r} is not a number: not a vllm-maxact file") from None
+        if version > int(SCHEMA_VERSION):
+            raise SchemaError(f"written with schema version {version}, newer than this vllm-maxact reads "
+                              f"(up to {SCHEMA_VERSION}): upgrade vllm-maxact (pip install -U vllm-maxact)")
+        if version < 1:
+            raise SchemaError(f"schema version {version} does not exist: not a vllm-maxact file")
+    want = {f.name: f.type for f in SCHEMA}
+    for i, name in enumerate(table.column_names):
+        target = want.get(name) or (pa.float64() if name.startswith(_FLOAT_PREFIXES) else None)
+        got = table.schema.field(i).type
+        if target is None or got == target:
+            continue
+        fam, want_fam = _family(got), _family(target)
+        if fam != "null" and fam not in _ACCEPTS[want_fam]:
+            raise SchemaError(f"column {name!r} holds {got}, expected {target} ({want_fam}): "
+                              "not a vllm-maxact statistics file, or a damaged one")
+        try:
+            table = table.set_column(i, pa.field(name, target), table.column(i).cast(target))
+        except (pa.ArrowException, ValueError) as e:
+            raise SchemaError(f"column {name!r}: cannot read {got} as {target} ({e})") from None
+    _check_rows(table)
+    return table
+
+
+def _check_rows(table: pa.Table) -> None:
+    """What every row our writers produce satisfies (for the columns present): a known site whose
+    kind and layer match it; max, min and absmax all null (nothing observed) or all finite, with
+    min <= max and absmax = max(|max|, |min|); counts present and >= 0; channel maxima finite and
+    >= 0. A row that breaks one is damage (or another tool's file), named here, not a crash later."""
+    cols = {c: table.column(c).to_pylist() for c in ("window", "site", "kind", "layer", "rank", "absmax", "max",
+                                                      "min", "tokens", "nan_count", "inf_count", "channel_absmax")
+            if c in table.column_names}
+    known: dict[str, Site | None] = {}
+    for i in range(table.num_rows):
+        def bad(what: str, i: int = i) -> SchemaError:
+            site = cols["site"][i] if "site" in cols else None
+            return SchemaError(f"row {i}{f' ({site})' if isinstance(site, str) else ''}: {what}; the file is "
+                               "damaged or not written by vllm-maxact")
+
+        if "window" in cols and cols["window"][i] is None:
+            raise bad("window is null")
+        if "site" in cols:
+            name = cols["site"][i]
+            if name not in known:
+                try:
+                    known[name] = Site.parse(name) if name is not None else None
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    known[name] = None
+            site = known[name]
+            if site is None:
+                raise bad(f"site {str(name)[:60]!r} is not a site name")
+            if "kind" in cols and cols["kind"][i] != site.kind.value:
+                raise bad(f"kind {cols['kind'][i]!r} is not the site's kind")
+            if "layer" in cols and cols["layer"][i] != site.layer:
+                raise bad(f"layer {cols['layer'][i]!r} is not the site's layer")
+        if "rank" in cols and cols["rank"][i] is not None and cols["rank"][i] < 0:
+            raise bad("rank is negative")
+        ext = [cols[c][i] for c in ("absmax", "max", "min") if c in cols]
+        if any(v is None for v in ext) and any(v is not None for v in ext):
+            raise bad("absmax, max and min must all be set or all be null")
+        if any(v is not None and not math.isfinite(v) for v in ext):
+            raise bad("a maximum is not finite (NaN and Inf are counted, never recorded as maxima)")
+        if len(ext) == 3 and ext[0] is not None:
+            absmax, mx, mn = ext
+            if mn > mx or absmax < 0 or not math.isclose(absmax, max(abs(mx), abs(mn)), rel_tol=1e-6, abs_tol=1e-30):
+                raise bad(f"absmax {absmax}, max {mx} and min {mn} do not fit together")
+        for c in ("tokens", "nan_count", "inf_count"):
+            if c in cols and (cols[c][i] is None or cols[c][i] < 0):
+                raise bad(f"{c} is {cols[c][i]} (a count >= 0)")
+        chans = cols.get("channel_absmax", [None] * (i + 1))[i]
+        if chans is not None and any(v is not None and not (math.isfinite(v) and v >= 0) for v in chans):
+            raise bad("a channel maximum is negative or not finite")
+
+
+SNAPSHOT_NAME = re.compile(r"^maxact-(?P<model>.+)-(?P<stamp>\d{8}T\d{6}\d*Z)\.arrow$")
 
 
 def safe_name(model: str) -> str:

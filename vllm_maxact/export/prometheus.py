@@ -40,6 +40,11 @@ def _stages(payloads: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [stages[k] for k in sorted(stages)]
 
 
+_lock = threading.Lock()
+#: Failures while building series at a scrape (each costs one model's series, for one scrape).
+SCRAPE_STATUS: dict[str, Any] = {"errors": 0, "last": None}
+
+
 class MaxActCollector(Collector):
     """Reads published payloads at scrape time; holds no state of its own."""
 
@@ -51,7 +56,11 @@ class MaxActCollector(Collector):
         return []  # dynamic: never let the registry call collect() at registration time
 
     def collect(self) -> Iterator[Metric]:
-        payloads = read_payloads(self.runtime_dir)
+        try:
+            payloads = read_payloads(self.runtime_dir)  # valid ones only; bad files are counted there
+        except Exception as e:  # noqa: BLE001  (the scrape still serves the status series)
+            self._scrape_failed(None, e)
+            payloads = []
         g = {
             name: GaugeMetricFamily(PREFIX + name, doc, labels=SITE_LABELS)
             for name, doc in (
@@ -90,55 +99,76 @@ class MaxActCollector(Collector):
                                    "calibrated INT-8 threshold.", labels=SITE_LABELS)
         sqnr_g = GaugeMetricFamily(PREFIX + "int8_sqnr_db", "SQNR (dB) of recent-window values quantized to INT-8 "
                                    "with the calibrated scale.", labels=SITE_LABELS)
+        publish_errors = CounterMetricFamily(PREFIX + "publish_errors", "Failed publishes of the workers' statistics "
+                                             "(the worker's log says why; serving continues).", labels=["model_name"])
         for model, group in sorted(by_model(payloads).items()):
-            self._int8(model, group, thr_g, clip_g, sqnr_g)
-            gl, gw = None, None
-            n_sites, tok_l, tok_w, last = 0, 0, 0, 0.0
-            for stage in _stages(group):
-                sites = stage[0]["sites"]
-                n_sites += len(sites)
-                life = merge_ranks([p["lifetime"] for p in stage], sites)
-                win = merge_ranks([p["recent"] for p in stage], sites)
-                tok_l, tok_w = max(tok_l, life["tokens"]), max(tok_w, win["tokens"])
-                last = max(last, *(p["time"] for p in stage))
-                for i, name in enumerate(sites):
-                    site = Site.parse(name)
-                    labels = [model, site.kind.value, "" if site.layer is None else str(site.layer)]
-                    for prefix, st in (("", life), ("window_", win)):
-                        mx, mn = st["max"][i], st["min"][i]
-                        if mx is None or mn is None:
-                            continue  # nothing observed: no sample beats a fake zero
-                        am = max(abs(mx), abs(mn))
-                        g[prefix + "absmax"].add_metric(labels, am)
-                        g[prefix + "max"].add_metric(labels, mx)
-                        g[prefix + "min"].add_metric(labels, mn)
-                        if site.kind in GLOBAL_KINDS:
-                            if prefix:
-                                gw = am if gw is None else max(gw, am)
-                            else:
-                                gl = am if gl is None else max(gl, am)
-                    nonfinite.add_metric([*labels, "nan"], life["nan"][i])
-                    nonfinite.add_metric([*labels, "inf"], life["inf"][i])
-            p0 = group[0]
-            tokens.add_metric([model], tok_l)
-            window_tokens.add_metric([model], tok_w)
-            window_s.add_metric([model], float(p0.get("window_s", 0)))
-            sites_g.add_metric([model], n_sites)
-            updated.add_metric([model], last)
-            info.add_metric([model, str(p0.get("architecture")), str(p0.get("adapter")), str(p0.get("plugin_version")),
-                             str(p0.get("vllm_version")), str(p0.get("tp_size", 1)), str(p0.get("pp_size", 1)),
-                             _hot_path_label(p0)], 1)
-            if gl is not None:
-                gmax.add_metric([model], gl)
-            if gw is not None:
-                wgmax.add_metric([model], gw)
+            # One model's series are built apart and added only when complete: a failure costs
+            # that model's series for this scrape, never the scrape.
+            part = {name: [] for name in (*g, "nonfinite", "tokens", "window_tokens", "gmax", "wgmax", "window_s",
+                                          "sites", "updated", "info", "thr", "clip", "sqnr", "publish_errors")}
+            try:
+                self._model(model, group, part)
+            except Exception as e:  # noqa: BLE001
+                self._scrape_failed(model, e)
+                continue
+            fams = {**g, "nonfinite": nonfinite, "tokens": tokens, "window_tokens": window_tokens, "gmax": gmax,
+                    "wgmax": wgmax, "window_s": window_s, "sites": sites_g, "updated": updated, "info": info,
+                    "thr": thr_g, "clip": clip_g, "sqnr": sqnr_g, "publish_errors": publish_errors}
+            for name, samples in part.items():
+                for labels, value in samples:
+                    fams[name].add_metric(labels, value)
         yield from g.values()
-        yield from (nonfinite, tokens, window_tokens, gmax, wgmax, window_s, sites_g, updated, info)
+        yield from (nonfinite, tokens, window_tokens, gmax, wgmax, window_s, sites_g, updated, info, publish_errors)
         yield from (thr_g, clip_g, sqnr_g)
         yield from self._status_metrics()
 
+    def _model(self, model: str, group: list[dict[str, Any]], part: dict[str, list]) -> None:
+        """One model's samples, into ``part`` (family -> [(labels, value)])."""
+        self._int8(model, group, part)
+        gl, gw = None, None
+        n_sites, tok_l, tok_w, last = 0, 0, 0, 0.0
+        for stage in _stages(group):
+            sites = stage[0]["sites"]
+            n_sites += len(sites)
+            life = merge_ranks([p["lifetime"] for p in stage], sites)
+            win = merge_ranks([p["recent"] for p in stage], sites)
+            tok_l, tok_w = max(tok_l, life["tokens"]), max(tok_w, win["tokens"])
+            last = max(last, *(p["time"] for p in stage))
+            for i, name in enumerate(sites):
+                site = Site.parse(name)
+                labels = [model, site.kind.value, "" if site.layer is None else str(site.layer)]
+                for prefix, st in (("", life), ("window_", win)):
+                    mx, mn = st["max"][i], st["min"][i]
+                    if mx is None or mn is None:
+                        continue  # nothing observed: no sample beats a fake zero
+                    am = max(abs(mx), abs(mn))
+                    part[prefix + "absmax"].append((labels, am))
+                    part[prefix + "max"].append((labels, mx))
+                    part[prefix + "min"].append((labels, mn))
+                    if site.kind in GLOBAL_KINDS:
+                        if prefix:
+                            gw = am if gw is None else max(gw, am)
+                        else:
+                            gl = am if gl is None else max(gl, am)
+                part["nonfinite"].append(([*labels, "nan"], life["nan"][i]))
+                part["nonfinite"].append(([*labels, "inf"], life["inf"][i]))
+        p0 = group[0]
+        part["tokens"].append(([model], tok_l))
+        part["window_tokens"].append(([model], tok_w))
+        part["window_s"].append(([model], float(p0.get("window_s", 0))))
+        part["sites"].append(([model], n_sites))
+        part["publish_errors"].append(([model], sum(p.get("publish_errors", 0) for p in group)))
+        part["updated"].append(([model], last))
+        part["info"].append(([model, str(p0.get("architecture")), str(p0.get("adapter")),
+                              str(p0.get("plugin_version")), str(p0.get("vllm_version")), str(p0.get("tp_size", 1)),
+                              str(p0.get("pp_size", 1)), _hot_path_label(p0)], 1))
+        if gl is not None:
+            part["gmax"].append(([model], gl))
+        if gw is not None:
+            part["wgmax"].append(([model], gw))
+
     @staticmethod
-    def _int8(model, group, thr_g, clip_g, sqnr_g) -> None:
+    def _int8(model, group, part) -> None:
         """Live drift against a loaded calibration: the first threshold column (calibration max)."""
         import numpy as np
 
@@ -162,17 +192,39 @@ class MaxActCollector(Collector):
                 continue
             site = Site.parse(name)
             labels = [model, site.kind.value, "" if site.layer is None else str(site.layer)]
-            thr_g.add_metric(labels, thr)
+            part["thr"].append((labels, thr))
             f = figures(acc, cnt)
             if np.isfinite(f["clip_rate"]):
-                clip_g.add_metric(labels, float(f["clip_rate"]))
+                part["clip"].append((labels, float(f["clip_rate"])))
             if np.isfinite(f["sqnr_db"]):
-                sqnr_g.add_metric(labels, float(f["sqnr_db"]))
+                part["sqnr"].append((labels, float(f["sqnr_db"])))
+
+    def _scrape_failed(self, model: str | None, e: Exception) -> None:
+        with _lock:
+            SCRAPE_STATUS["errors"] += 1
+            first = SCRAPE_STATUS.get("last") != f"{model}: {type(e).__name__}: {e}"
+            SCRAPE_STATUS["last"] = f"{model}: {type(e).__name__}: {e}"
+        if first:
+            logger.error("vllm-maxact: cannot export %s at this scrape (%s: %s); the rest of /metrics is served, "
+                         "metric vllm_maxact_scrape_errors_total counts these", model or "statistics",
+                         type(e).__name__, e, exc_info=True)
 
     def _status_metrics(self) -> Iterator[Metric]:
+        from vllm_maxact.export.runtime import PAYLOAD_STATUS
+
+        bad = CounterMetricFamily(PREFIX + "payload_errors", "Invalid worker payloads skipped (each bad file "
+                                  "version counted and logged once; the other payloads are exported).", labels=[])
+        bad.add_metric([], PAYLOAD_STATUS["errors"])
+        bad_now = GaugeMetricFamily(PREFIX + "payloads_invalid", "Worker payload files skipped as invalid at the "
+                                    "latest read.", labels=[])
+        bad_now.add_metric([], PAYLOAD_STATUS["invalid"])
+        scrape = CounterMetricFamily(PREFIX + "scrape_errors", "Models whose series could not be built at a "
+                                     "scrape (skipped for that scrape; see the log).", labels=[])
+        scrape.add_metric([], SCRAPE_STATUS["errors"])
+        yield from (bad, bad_now, scrape)
         err = GaugeMetricFamily(PREFIX + "snapshot_error", "1 while Arrow snapshots cannot be written "
                                 "(see the log), else 0.", labels=[])
-        n_err = CounterMetricFamily(PREFIX + "snapshot_errors", "Failed snapshot writes.", labels=[])
+        n_err = CounterMetricFamily(PREFIX + "snapshot_errors", "Failed snapshot writes (any error of the snapshot thread; it keeps running).", labels=[])
         ok = GaugeMetricFamily(PREFIX + "snapshot_last_success_timestamp_seconds",
                                "When the last Arrow snapshot was written.", labels=[])
         if self.status.get("snapshots_enabled"):
@@ -183,7 +235,6 @@ class MaxActCollector(Collector):
         yield from (err, n_err, ok)
 
 
-_lock = threading.Lock()
 _collector: MaxActCollector | None = None
 _registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()  # ids would be reused after GC
 

@@ -3,7 +3,10 @@
 The writer runs in the front-end process (the API server, or the script that built the `LLM`)
 and reads the payloads workers publish, so one snapshot holds every rank: merged rows
 (``rank`` null) plus per-rank rows. Files are named ``maxact-<model>-<UTC stamp>.arrow`` and
-written temp-file + fsync + rename, so a reader (or a crash) never sees a partial file.
+written atomically (`arrow.write_table`), so a reader (or a crash) never sees a partial file.
+Retention matches names exactly (model and stamp), so one model's pruning never touches another
+model's files, whatever their names share. The writer thread survives any error: it logs it,
+sets ``vllm_maxact_snapshot_error`` and tries again at the next interval.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,7 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from vllm_maxact.export.arrow import safe_name, table_from_payloads, write_table
+from vllm_maxact.export.arrow import SNAPSHOT_NAME, safe_name, table_from_payloads, write_table
+from vllm_maxact.export.atomic import temp_for
 from vllm_maxact.export.runtime import by_model, read_payloads
 
 logger = logging.getLogger("vllm_maxact")
@@ -48,8 +53,14 @@ def write_snapshots(directory: Path, payloads: list[dict[str, Any]], retain: int
 
 
 def list_snapshots(directory: Path, model: str | None = None) -> list[Path]:
-    pattern = f"maxact-{safe_name(model)}-*.arrow" if model else "maxact-*.arrow"
-    return sorted(p for p in directory.glob(pattern) if not p.name.startswith("."))
+    """Snapshot files in ``directory`` (of ``model`` only: its exact name), oldest first."""
+    want = safe_name(model) if model else None
+    found = []
+    for p in directory.glob("maxact-*.arrow"):
+        m = SNAPSHOT_NAME.match(p.name)
+        if m and (want is None or m["model"] == want):
+            found.append((m["stamp"], p.name, p))
+    return [p for *_, p in sorted(found)]
 
 
 def latest(directory: Path, model: str | None = None) -> Path | None:
@@ -62,11 +73,18 @@ def prune(directory: Path, model: str, retain: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def clean_partials(directory: Path) -> int:
-    """Temp files left by a writer that was killed mid-write (never valid snapshots)."""
+def clean_partials(directory: Path, min_age_s: float = 600.0) -> int:
+    """Temp files left by a writer that was killed mid-write (never valid snapshots); only old
+    ones, so another instance writing into the same directory keeps its own."""
     n = 0
+    now = time.time()
     for tmp in directory.glob(".maxact-*.arrow.tmp.*"):
-        tmp.unlink(missing_ok=True)
+        try:
+            if now - os.lstat(tmp).st_mtime < min_age_s:
+                continue
+            tmp.unlink()
+        except OSError:
+            continue
         n += 1
     return n
 
@@ -86,42 +104,52 @@ class SnapshotWriter:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             clean_partials(self.directory)
-            probe = self.directory / f".maxact-probe-{time.time_ns()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            fd, probe = temp_for(self.directory / ".maxact-probe")  # exclusive: never a planted name
+            os.close(fd)
+            os.unlink(probe)
             STATUS["error"] = None
         except OSError as e:
             self._fail(e)
 
-    def _fail(self, e: OSError) -> None:
-        if STATUS["error"] != str(e):
+    def _fail(self, e: BaseException) -> None:
+        msg = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        if STATUS["error"] != msg:
             logger.error("vllm-maxact: cannot write snapshots to %s: %s (serving continues; "
-                         "metric vllm_maxact_snapshot_error is 1)", self.directory, e)
-        STATUS["error"] = str(e)
+                         "metric vllm_maxact_snapshot_error is 1)", self.directory, msg,
+                         exc_info=not isinstance(e, OSError))
+        STATUS["error"] = msg
         STATUS["errors"] += 1
 
     def start(self) -> SnapshotWriter:
         self.thread.start()
-        atexit.register(self.write_now)
+        atexit.register(self.write_final)
         return self
 
-    def write_now(self) -> list[Path]:
-        payloads = read_payloads(self.runtime_dir, include_dead=True)
-        if not payloads:
-            return []
+    def write_now(self, *, final: bool = False) -> list[Path]:
+        """One snapshot per model, of the live workers' payloads (what /metrics serves); the
+        final one, at exit, also of workers that have already stopped (their last state)."""
         try:
+            payloads = read_payloads(self.runtime_dir, include_dead=final)
+            if not payloads:
+                return []
             self.directory.mkdir(parents=True, exist_ok=True)
             paths = write_snapshots(self.directory, payloads, self.retain)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001  (any failure: logged, counted, tried again)
             self._fail(e)
             return []
         STATUS["error"] = None
         STATUS["last_ok"] = time.time()
         return paths
 
+    def write_final(self) -> list[Path]:
+        return self.write_now(final=True)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.write_now()
+            try:
+                self.write_now()
+            except BaseException as e:  # noqa: BLE001  (write_now catches everything; belt and braces)
+                self._fail(e)
 
     def stop(self) -> None:
         self._stop.set()
