@@ -510,21 +510,30 @@ def test_state_changing_worker_methods_need_the_token(temp_root, monkeypatch):
     from vllm_maxact import worker
     from vllm_maxact.config import get_config
 
+    import torch
+
+    from vllm_maxact.recorder import Recorder
+    from vllm_maxact.sites import Site
+
     ensure_runtime_dir()
     w = SimpleNamespace(model_runner=None)
-    for call in (lambda t: worker.maxact_reset(w, token=t), lambda t: worker.maxact_collect(w, reset=True, token=t),
+    # a worker that records (a reset where nothing is recorded changes nothing and needs no token)
+    wr = SimpleNamespace(model_runner=SimpleNamespace(
+        _maxact_recorder=Recorder([Site.parse("layers.0.residual")], device=torch.device("cpu"), hot_path="cpu_op")))
+    for call in (lambda t: worker.maxact_reset(wr, token=t), lambda t: worker.maxact_collect(w, reset=True, token=t),
                  lambda t: worker.maxact_int8(w, 0, token=t)):
         for token in (None, "", "guess", 42):
             with pytest.raises(PermissionError, match="needs a token"):
                 call(token)
-        assert call(runtime.instance_token()) in (False, None)  # allowed (no recorder here)
+        assert call(runtime.instance_token()) in (True, False, None)  # allowed
     assert worker.maxact_collect(w) is None  # reading needs nothing
+    assert worker.maxact_reset(w) is False  # nothing recorded: nothing to reset, no token asked
     monkeypatch.setenv("VLLM_MAXACT_ADMIN_TOKEN", "s3cret-admin-token-0123")
     get_config.cache_clear()
     try:
-        assert worker.maxact_reset(w, token="s3cret-admin-token-0123") is False
+        assert worker.maxact_reset(wr, token="s3cret-admin-token-0123") is True
         with pytest.raises(PermissionError):
-            worker.maxact_reset(w, token="s3cret-admin-token-0124")
+            worker.maxact_reset(wr, token="s3cret-admin-token-0124")
     finally:
         monkeypatch.delenv("VLLM_MAXACT_ADMIN_TOKEN")
         get_config.cache_clear()
