@@ -322,6 +322,15 @@ def instrument(
         else:
             p.module.register_forward_pre_hook(_input_hook(rec, slot, p.extract), with_kwargs=True)
     defer_layer_folds(rec, probes, taken)
+    if compiled:
+        # A fold or join may read a norm's inputs after the norm (the last layer's MLP output
+        # after the final norm, a join after the next layer's norm): every vLLM RMSNorm of the
+        # decoder calls the functional overload, which is what vLLM's compile pass makes of
+        # ``maybe_inplace`` anyway (the same compiled model), and passes its check that no
+        # donated input is used again.
+        for m in adapter.decoder(model).modules():
+            if _is_norm(m):
+                _keep_inputs(m)
     if strategy.overlapped:
         add_join_points(rec, adapter, model, probes)
     # Keep the recorder reachable from the compiled module so its buffers are module state.
