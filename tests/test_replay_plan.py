@@ -119,6 +119,7 @@ def test_rows_per_domain_and_whole_corpus():
 
 
 def test_time_budget_stops_between_calls_after_every_domain_ran():
+    """The budget is checked before each call; a domain's first call runs whatever it says."""
     samples, ids = corpus(per_domain=6, length=20)
     llm = FakeLLM(seconds_per_token=0.002)  # 40 ms a sample
     res = run_replay(llm, samples, model="fake", token_ids=ids, batch_samples=1, batch_seconds=1e9,
@@ -129,6 +130,10 @@ def test_time_budget_stops_between_calls_after_every_domain_ran():
     assert {r["domain"] for r in res.table.to_pylist()} == {None, *DOMAINS}
     assert res.table.schema.metadata[b"vllm_maxact.samples"] == b"3"
     assert res.lengths == [20, 20, 20]
+    # However short the budget, every domain's first call runs.
+    res = run_replay(FakeLLM(seconds_per_token=0.002), samples, model="fake", token_ids=ids, batch_samples=1,
+                     batch_seconds=1e9, min_batch_tokens=0, first_call_tokens=20, budget_s=1e-6)
+    assert [(c.domain, c.samples) for c in res.calls] == [(d, 1) for d in DOMAINS]
 
 
 def test_progress_moves_per_sample_within_a_call():

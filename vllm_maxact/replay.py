@@ -4,8 +4,8 @@ Every sample is run prompt-only (one forward over its tokens, no decoding) with 
 off, so every token of the corpus is computed and observed exactly once. An engine call never
 mixes domains; the recorder's window is read after each call, which yields per-domain maxima (a
 union over calls) next to the whole-corpus lifetime. Calls take the domains in turn (one call of
-each, then the next round), so a replay stopped by its time budget has seen every domain once
-its first round is done, and the throughput measured early is that of the corpus's mix.
+each, then the next round): a replay stopped by its time budget has seen every domain, and the
+throughput measured early is that of the corpus's mix.
 """
 
 from __future__ import annotations
@@ -150,9 +150,9 @@ def run_replay(
     ``first_call_tokens`` (with ``batch_seconds``): a domain's first call closes once it holds
     this many tokens and its k-th once it holds ``2**k`` times as many, whatever the rules above
     ask, so the first results come seconds after the engine is ready, the first round sees every
-    domain soon, and the rules take over after a few calls. ``budget_s``: no call starts once
-    the calls so far took this long; the result covers the samples replayed (``result.samples``
-    < ``result.planned``).
+    domain soon, and the rules take over after a few calls. ``budget_s``: once the calls so far
+    took this long, no call starts but a domain's first, so every domain has rows; the result
+    covers the samples replayed (``result.samples`` < ``result.planned``).
 
     Callbacks: ``on_start(lengths)`` once, with every sample's token count after truncation;
     ``on_sample(tokens)`` as each sample's forward finishes, during a call (vLLM's per-request
@@ -268,8 +268,8 @@ def run_replay(
             left[samples[i].domain] = left.get(samples[i].domain, 0) + len(ids[i])
         while queues and not stopped:
             for domain in list(queues):  # one call per domain and round
-                if budget_s is not None and seconds >= budget_s:
-                    stopped = True
+                if budget_s is not None and seconds >= budget_s and domain in calls_of:
+                    stopped = True  # (every domain's first call runs: each domain has rows)
                     break
                 queue = queues[domain]
                 while queue and not (batch and full(left[domain])):
