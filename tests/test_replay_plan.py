@@ -182,3 +182,27 @@ def test_eta_counts_work_not_tokens(monkeypatch):
     assert p.eta() > 1.5 * by_tokens
     assert estimate_seconds([4000] * 2, measured_lengths=[500] * 4, measured_seconds=now[0] - 100) == pytest.approx(
         p.eta())
+
+
+def test_bar_moves_within_a_sample_from_the_engines_computed_tokens():
+    """A long sample: no sample finishes for a while, but the engine's published token count
+    moves the bar (and the ETA counts that work); a finished sample never moves it back."""
+    published = [0]
+    p = ReplayProgress(disable=False, file=open(__import__("os").devnull, "w"), computed=lambda: published[0],
+                       poll_s=0.01)
+    p.start([1000, 3000])
+    try:
+        published[0] = 2000  # the first sample and a third of the second
+        deadline = time.monotonic() + 5
+        while p.computed < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.computed == 2000 and p.bar.n == 2000 and p.samples == 0
+        assert p.work_done() == pytest.approx(2000 * (sample_work(1000) + sample_work(3000)) / 4000)
+        p.sample(1000)
+        assert p.computed == 2000 and p.samples == 1
+        assert p.work_done() == pytest.approx(sample_work(1000) + 1000 * sample_work(3000) / 3000)
+        published[0] = 10**6  # never beyond the total
+        time.sleep(0.1)
+        assert p.computed == 4000
+    finally:
+        p.close()

@@ -174,7 +174,7 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
     from vllm_maxact import models
     from vllm_maxact.export.arrow import safe_name
     from vllm_maxact.progress import ReplayProgress
-    from vllm_maxact.replay import ReplayError, check_writable, run_replay
+    from vllm_maxact.replay import ReplayError, check_writable, computed_tokens, run_replay
 
     console = Console(stderr=True)
     if full and samples not in (None, "all"):
@@ -252,7 +252,7 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
             min_batch_tokens = 0
     if budget is None and quick:
         budget = max(QUICK_MIN_REPLAY_S, QUICK_DEADLINE_S - (time.monotonic() - started))
-    progress = ReplayProgress(disable=quiet)
+    progress = ReplayProgress(disable=quiet, computed=computed_tokens)
     try:
         result = run_replay(llm, data, model=model, targets=targets, batch_samples=batch_size,
                             batch_seconds=batch_seconds or None, min_batch_tokens=min_batch_tokens,

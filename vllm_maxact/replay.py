@@ -328,6 +328,17 @@ def run_replay(
     return result
 
 
+def computed_tokens() -> int | None:
+    """Prompt tokens the engine built in this process has computed since ``run_replay`` started,
+    as its workers last published them (their recorders' lifetime count, at most one engine
+    step behind), or None before they publish: progress within a call, even within one long
+    sample, at each step."""
+    from vllm_maxact.export.runtime import instance_dir, read_payloads
+
+    counts = [p["lifetime"]["tokens"] for p in read_payloads(instance_dir()) if p.get("lifetime")]
+    return max(counts) if counts else None
+
+
 def _finished_requests_hook(lengths: Sequence[int], on_sample: Callable[[int], None]) -> Callable[..., Any]:
     """vLLM's ``use_tqdm`` argument (a progress-bar factory) turned into one ``on_sample(tokens)``
     per finished request, ``lengths`` being the call's prompt lengths in queue order.
