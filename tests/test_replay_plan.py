@@ -9,6 +9,7 @@ credited to the wrong domain or a lost call shows in the maxima."""
 
 from __future__ import annotations
 
+import io
 import time
 from types import SimpleNamespace
 
@@ -188,8 +189,7 @@ def test_bar_moves_within_a_sample_from_the_engines_computed_tokens():
     """A long sample: no sample finishes for a while, but the engine's published token count
     moves the bar (and the ETA counts that work); a finished sample never moves it back."""
     published = [0]
-    p = ReplayProgress(disable=False, file=open(__import__("os").devnull, "w"), computed=lambda: published[0],
-                       poll_s=0.01)
+    p = ReplayProgress(disable=False, file=io.StringIO(), computed=lambda: published[0], poll_s=0.01)
     p.start([1000, 3000])
     try:
         published[0] = 2000  # the first sample and a third of the second
