@@ -99,6 +99,11 @@ QUICK_DEADLINE_S = 150.0
 QUICK_MIN_REPLAY_S = 15.0
 
 
+#: Tokens an engine step computes at most, replaying on a CPU (vLLM's default there: 4,096):
+#: the same prompt tokens/s within noise, steps four times as short (benchmarks/RESULTS.md).
+CPU_STEP_TOKENS = 1024
+
+
 class _SamplesType(click.ParamType):
     name = "N|all"
 
@@ -233,6 +238,10 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
         console.print(f"This CPU has no bf16 matrix instructions (AVX-512 BF16 or AMX): replaying in {dtype}, "
                       "about 10x faster here than bf16 (pass --dtype bfloat16 to measure bf16 itself).")
     kwargs = _engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg)
+    if not _has_cuda():
+        # The bar moves at each engine step inside a long sample; vLLM's CPU default (4,096
+        # tokens a step) makes a step at 8k-token context take tens of seconds on 2 cores.
+        kwargs.setdefault("max_num_batched_tokens", CPU_STEP_TOKENS)
     if model.strip().lower() in models.BUNDLED:  # the files and plots name the alias, not its cache folder
         kwargs.setdefault("served_model_name", model)
     llm = LLM(path, **kwargs)
