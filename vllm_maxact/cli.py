@@ -305,7 +305,7 @@ def _replay_summary(result, data, *, model, out, quick, max_tokens, budget, full
     if quick:
         ran += f" of {data.available:,} ({QUICK_PER_DOMAIN} per domain, first {max_tokens} tokens each)"
     extra = {
-        "replayed": f"{ran}, {result.tokens:,} tokens, {len(domains)} domains",
+        "replayed": f"{ran}, {result.tokens:,} tokens" + (f", {len(domains)} domains" if domains else ""),
         "throughput": f"{result.tokens_per_s:,.0f} prompt tok/s (start-up excluded)",
     }
     if not result.complete:
@@ -322,10 +322,11 @@ def _replay_summary(result, data, *, model, out, quick, max_tokens, budget, full
     if int8_check:
         summary.render_int8(result.table, console=console)
     f = shlex.quote(str(out))
+    other = "gemma3-270m" if model != "gemma3-270m" else DEFAULT_MODEL
     steps = [(f"vllm-maxact report {f}", "HTML page and PNG plots"),
              (f"vllm-maxact scales {f} --out scales.json", "static INT-8 / FP8 scales per site"),
-             ("vllm-maxact replay --model gemma3-270m", "another model, then side by side:"),
-             (f"vllm-maxact compare {f} maxact-gemma3-270m.arrow", "")]
+             (f"vllm-maxact replay --model {other}", "another model, then side by side:"),
+             (f"vllm-maxact compare {f} maxact-{other}.arrow", "")]
     if full_run is not None:
         n, tok, sec = full_run
         steps.append(("vllm-maxact replay --full", f"the whole corpus: {n} samples, {tok:,} tokens, about "
