@@ -201,12 +201,17 @@ def markdown(meta: dict, runs: list[dict], eta: dict | None) -> str:
               "*first move* (after the bar appeared, i.e. the engine was ready) and *longest gap* (between two "
               "movements of the bar's token count)."]
     if eta:
-        lines += ["", f"Longer run (`{eta['command']}`, warm caches): the bar's ETA {eta['check'].get('at_s')} s in "
-                  f"said {eta['check'].get('eta_s')} s, {eta['check'].get('actual_left_s')} s were left "
-                  f"({eta['check'].get('error_pct')} %); longest gap between movements "
-                  f"{eta['run'].get('max_gap_between_moves_s')} s; its replay took {eta['run'].get('replay_s')} s at "
-                  f"{eta['run'].get('tok_s')} tok/s, where the no-argument run's rate predicted "
-                  f"{eta.get('predicted_s')} s ({eta.get('predicted_error_pct')} %)."]
+        c = eta["check"]
+        pe = eta.get("predicted_error_pct")
+        said = (f"the bar's ETA {c['at_s']} s in said {c['eta_s']} s, {c['actual_left_s']} s were left "
+                f"({c['error_pct']:+} %)" if c else "its replay took under a minute (no ETA check)")
+        lines += ["", f"Longer run (`{eta['command']}`, warm caches, load before "
+                  f"{' / '.join(map(str, eta['run']['load_before']))}): {said}; first movement "
+                  f"{eta['run'].get('first_move_after_ready_s')} s after the bar appeared, longest gap between "
+                  f"movements {eta['run'].get('max_gap_between_moves_s')} s; its replay took "
+                  f"{eta['run'].get('replay_s')} s at {eta['run'].get('tok_s')} tok/s, where the no-argument run's "
+                  f"rate predicted {eta.get('predicted_s')} s ({'?' if pe is None else f'{pe:+}'} %: the arithmetic "
+                  "of its `--full` estimate)."]
     lines.append(f"<!-- /newcomer:{meta['replay_args']} -->")
     return "\n".join(lines) + "\n"
 
@@ -238,7 +243,7 @@ def main() -> None:
             if i < args.reps - 1:
                 shutil.rmtree(cache)
         if args.eta_samples:
-            eta_args = [*extra, "--samples", str(args.eta_samples)]
+            eta_args = [*extra, "--samples", str(args.eta_samples), "--out", "maxact-longer.arrow"]
             run = run_once(eta_args, work, cache, args.timeout)  # the last run's caches: warm
             eta = {"command": shlex.join(["vllm-maxact", "replay", *eta_args]), "run": run, "check": eta_check(run)}
             pred = predicted_by_quick_run(runs[-1], cache / "maxact" / "models" / "smollm2-135m", args.eta_samples)

@@ -1,11 +1,11 @@
 """Replay progress: the bar, its ETA, and how long a corpus would take at a measured rate.
 
 A prompt's forward costs more per token the longer the prompt (attention reads every earlier
-position), so tokens/s measured on one mix of lengths mispredicts another: on a 2-core AVX2
-EPYC (float32 SmolLM2-135M) 4,096-token prompts run at about half the tokens/s of 512-token
-ones. ETA and estimates therefore count *work*, ``sample_work(n)``: a prompt's token count
-weighted by its length (see ``LONG_CONTEXT_TOKENS``), and divide the work left by the work per
-second measured so far. Token counts and tokens/s are what the bar shows.
+position), so tokens/s measured on one mix of lengths mispredicts another: on 2 CPU cores an
+8k-token prompt runs at about half the tokens/s of 512-token ones. ETA and estimates therefore
+count *work*, ``sample_work(n)``: a prompt's token count weighted by its length (see
+``LONG_CONTEXT_TOKENS``), and divide the work left by the work per second measured so far.
+Token counts and tokens/s are what the bar shows.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
-#: Work of an ``n``-token prompt: ``n * (1 + n / LONG_CONTEXT_TOKENS)``, i.e. per-token cost
-#: doubles at this prompt length. Fitted to prompt tok/s measured by prompt length on the 2-core
-#: AVX2 EPYC (benchmarks/RESULTS.md, "the newcomer's first run"); used for the ETA and the
-#: full-corpus estimate, never for results.
-LONG_CONTEXT_TOKENS = 2048
+#: Work of an ``n``-token prompt: ``n * (1 + n / LONG_CONTEXT_TOKENS)``: the cost per token
+#: doubles at this prompt length. Fitted to prompt tok/s by prompt length (float32
+#: SmolLM2-135M, 2 cores): about 6,000 on an AVX-512 Xeon (1,112 tok/s at 512 tokens, 727 at
+#: 4,096, 511 at 8,191), about 3,400 on an AVX2-only EPYC (466 tok/s on samples cut at 1,024
+#: tokens, about 290 over the first half of the built-in corpus); benchmarks/RESULTS.md. With
+#: 4,096 the default sample's rate predicts the whole corpus within about 15% on both. Used for
+#: the ETA and that estimate, never for results.
+LONG_CONTEXT_TOKENS = 4096
 
 
 def sample_work(n: int) -> float:
