@@ -105,7 +105,7 @@ def run_once(args: list[str], workdir: Path, cache: Path, timeout: float) -> dic
     r: dict = {"rc": rc, "wall_exit_s": round(wall, 1), "load_before": [round(x, 2) for x in load0],
                "load_after": [round(x, 2) for x in os.getloadavg()]}
     bar: list[tuple[float, int, int, str]] = []
-    for t, _, text in events:
+    for k, (t, _, text) in enumerate(events):
         if (m := re.search(r"smollm2-135m ready in (\d+) s", text)) and "conversion_s" not in r:
             r["conversion_s"] = int(m[1])
         if (m := BAR.search(text)) is not None:
@@ -119,7 +119,9 @@ def run_once(args: list[str], workdir: Path, cache: Path, timeout: float) -> dic
         if (m := re.search(r"global max \|x\| \(M\)\s+([\d,.]+) at (\S+?);", text)):
             r["global_max"], r["global_max_site"] = float(m[1].replace(",", "")), m[2]
         if (m := re.search(r"replayed\s+(.*)", text)):
-            r["replayed"] = m[1].strip()
+            more = events[k + 1][2] if k + 1 < len(events) else ""  # the summary wraps long values:
+            wrapped = more.startswith(" ")  # continuation lines leave the label column blank
+            r["replayed"] = m[1].strip() + (" " + more.strip() if wrapped else "")
     if bar:
         ready = bar[0][0]
         r["engine_ready_s"] = round(ready, 1)

@@ -18,11 +18,11 @@ from typing import IO
 
 #: Work of an ``n``-token prompt: ``n * (1 + n / LONG_CONTEXT_TOKENS)``: the cost per token
 #: doubles at this prompt length. Fitted to prompt tok/s by prompt length (float32
-#: SmolLM2-135M, 2 cores): about 6,000 on an AVX-512 Xeon (1,112 tok/s at 512 tokens, 727 at
-#: 4,096, 511 at 8,191), about 3,400 on an AVX2-only EPYC (466 tok/s on samples cut at 1,024
-#: tokens, about 290 over the first half of the built-in corpus); benchmarks/RESULTS.md. With
-#: 4,096 the default sample's rate predicts the whole corpus within about 15% on both. Used for
-#: the ETA and that estimate, never for results.
+#: SmolLM2-135M, 2 cores): about 5,400 on an AVX-512 Xeon (1,169 tok/s at 512 tokens, 724 at
+#: 4,096, 511 at 8,191: benchmarks/cpu_prompt_length.py), about 3,000-3,400 on an AVX2-only
+#: EPYC (466 tok/s on samples cut at 1,024 tokens, 281-292 over the first half of the built-in
+#: corpus); benchmarks/RESULTS.md. With 4,096 the default sample's rate predicts the whole
+#: corpus within about 15% on both. Used for the ETA and that estimate, never for results.
 LONG_CONTEXT_TOKENS = 4096
 
 
