@@ -60,6 +60,21 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _width(file: IO[str]) -> dict:
+    """tqdm follows the terminal's size, except where the terminal reports 0 x 0 (a
+    pseudo-terminal nobody sized), where tqdm would draw nothing: then COLUMNS / LINES or 80 x 24."""
+    import os
+    import shutil
+
+    try:
+        if 0 in os.get_terminal_size(file.fileno()):
+            cols, rows = shutil.get_terminal_size()
+            return {"ncols": cols, "nrows": rows}
+    except (AttributeError, OSError, ValueError):
+        pass
+    return {"dynamic_ncols": True}
+
+
 class ReplayProgress:
     """A tqdm bar over the replay's prompt tokens: it moves as each sample finishes and, with
     ``computed`` (a function returning the tokens the engine has computed so far, e.g.
@@ -100,7 +115,7 @@ class ReplayProgress:
         self.total_work = sum(map(sample_work, self.lengths))
         self.t0 = time.perf_counter()
         self.bar = tqdm(total=self.total_tokens, unit="tok", desc=self.desc, disable=self.disable,
-                        dynamic_ncols=True, file=self.file,
+                        file=self.file, **_width(self.file),
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:,}/{total:,} tok [{elapsed}{postfix}]")
         self._show(refresh=True)
         if self._source is not None and not self.disable:
