@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_cold_start.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cpu_cold_start.json")
     args = ap.parse_args()
     import torch
     import vllm

@@ -85,7 +85,7 @@ export VLLM_MAXACT_PUBLISH_INTERVAL_S=0.5
 # Nothing outside the GPU machine can be reached: never wait on the Hugging Face hub, and no usage
 # statistics (vLLM posts them from a thread, with no time-out, during engine start-up).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
-# Engine processes spawned, not forked from pytest (as gpu_overhead.py runs them): a lock held
+# Engine processes spawned, not forked from pytest (as the GPU benchmarks run them): a lock held
 # by another thread at fork time is one candidate for the Qwen2.5-VL start-up that never ends.
 export VLLM_WORKER_MULTIPROC_METHOD=${VLLM_WORKER_MULTIPROC_METHOD:-spawn}
 

@@ -25,7 +25,8 @@ next repetition, and so on), after one untimed warm-up each:
                 its extra time over its extra calls prices one batch boundary, which a corpus
                 longer than one batch pays every ``--batch-seconds``
   maxact_var    (``--variant-env SPEC``) ``maxact`` on another engine whose kernels run with
-                ``VLLM_MAXACT_OPS_NORM=SPEC`` (a launch setting of vllm_maxact/ops_norm.py)
+                ``VLLM_MAXACT_OPS_NORM=SPEC`` (a launch setting of vllm_maxact/hotpath/norm_kernels.py,
+                which only the ``in_kernel`` path runs)
   maxact_sync   (``--also-sync``) ``maxact`` on a third engine whose periodic collect waits for
                 the device (``VLLM_MAXACT_ASYNC_COLLECT=0``, the behaviour before 2026-12-03)
 
@@ -39,7 +40,7 @@ same GPU model (DESIGN.md: 31,441 and 33,355 tok/s) and the FLOP/s reached again
 matmul ceiling measured in the same run.
 
 GPU (see benchmarks/RESULTS.md for the command used):
-    python benchmarks/gpu_replay.py --out results/
+    python benchmarks/gpu_replay.py --out $OUT/replay
 CPU dry run (tiny model, a few minutes):
     python benchmarks/gpu_replay.py --model benchmarks/configs/llama-tiny --quick --out /tmp/r
 """

@@ -1,4 +1,5 @@
-"""Functions that `benchmarks/gpu_overhead.py` runs inside vLLM's workers (`LLM.apply_model`).
+"""Functions that the GPU benchmarks (`gpu_invisible.py` through `tests/scripts/served_outputs.py`,
+`gpu_replay.py`) run inside vLLM's workers (`LLM.apply_model`).
 
 They live in their own module so that they are pickled by reference: a spawned worker imports
 this file (the benchmark's folder is on the spawned processes' sys.path) instead of receiving a
@@ -15,8 +16,8 @@ WEIGHT_STD = 0.02
 # stream carries from that layer on, as in trained models (the study's global maxima).
 MASSIVE = ((1, 1234, 60.0), (2, 77, 120.0), (9, 3000, 250.0))
 # A token whose embedding is ~5000x larger than any other: never drawn for prompts (ids start at
-# 1000), it is placed where vLLM's CUDA-graph padding rows will later read it (see the padding
-# phase of gpu_overhead.correctness).
+# 1000), it is placed where vLLM's CUDA-graph padding rows will later read it (a padding
+# phase's check).
 HOT_TOKEN = 500
 HOT_SCALE = 5000.0
 

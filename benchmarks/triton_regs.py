@@ -4,7 +4,7 @@ Triton compiles for a target without a GPU present; `cuobjdump -res-usage` (ship
 Triton's NVIDIA backend) reads the registers, stack (spills) and shared memory from the cubin.
 Compares vllm_maxact/hotpath/norm_kernels.py with a variant's copy, at Llama-3-8B widths:
 
-    python benchmarks/triton_regs.py [--variant benchmarks/variants/NAME/ops_norm.py] [--arch 90]
+    python benchmarks/triton_regs.py [--variant PATH/TO/a_modified_norm_kernels.py] [--arch 90]
 """
 
 from __future__ import annotations
