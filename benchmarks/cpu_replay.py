@@ -32,11 +32,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the transformers-hooks reference
+
 
 def hf_hooks_tokens_per_s(model_dir: str, toks: list[list[int]], dtype: str) -> float:
     import torch
-
-    from vllm_maxact.reference import load_model, reference_stats_for_model
+    from reference import load_model, reference_stats_for_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_model(model_dir, dtype=getattr(torch, dtype))

@@ -26,57 +26,28 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from rules import DASHBOARD_UID  # noqa: E402
+
+from vllm_maxact.formats import FP8_E4M3_MAX, FP16_MAX  # noqa: E402
+from vllm_maxact.metrics import EXPOSED, exposed  # noqa: E402
+from vllm_maxact.sites import KIND_ORDER as KIND_ORDER_ENUM  # noqa: E402
+
 DASHBOARD_PATH = HERE / "dashboards" / "vllm-maxact.json"
-DASHBOARD_UID = "vllm-maxact"
 SCHEMA_VERSION = 41  # Grafana 11.6 (what the pinned SDK emits); Grafana 10+ imports it
 
-# --- the exporter contract ------------------------------------------------------------------
-# Mirrors vllm_maxact/export/prometheus.py (counters with their exposed ``_total`` suffix).
-METRICS: list[str] = [
-    # per site {model_name, kind, layer}; layer is "" (absent in Prometheus) for embedding/final_norm
-    "vllm_maxact_absmax",
-    "vllm_maxact_max",
-    "vllm_maxact_min",
-    "vllm_maxact_window_absmax",
-    "vllm_maxact_window_max",
-    "vllm_maxact_window_min",
-    "vllm_maxact_nonfinite_total",  # + {value="nan"|"inf"}
-    # per model {model_name}
-    "vllm_maxact_tokens_total",
-    "vllm_maxact_window_tokens",
-    "vllm_maxact_global_absmax",
-    "vllm_maxact_window_global_absmax",
-    "vllm_maxact_window_seconds",
-    "vllm_maxact_sites",
-    "vllm_maxact_last_update_timestamp_seconds",
-    "vllm_maxact_info",  # {model_name, architecture, adapter, plugin_version, vllm_version, tp_size, pp_size, hot_path}
-    # snapshot health (no labels)
-    "vllm_maxact_snapshot_error",
-    "vllm_maxact_snapshot_errors_total",
-    "vllm_maxact_snapshot_last_success_timestamp_seconds",
-    # export health (no labels; publish errors per model {model_name})
-    "vllm_maxact_payload_errors_total",
-    "vllm_maxact_payloads_invalid",
-    "vllm_maxact_scrape_errors_total",
-    "vllm_maxact_publish_errors_total",
-    # INT-8 drift, per site; only exported while a calibration file is loaded
-    "vllm_maxact_int8_threshold",
-    "vllm_maxact_int8_clip_rate",
-    "vllm_maxact_int8_sqnr_db",
-]
-
-FP16_MAX = 65504.0  # largest finite IEEE half
-FP8_E4M3_MAX = 448.0  # largest finite OCP FP8 E4M3 (e4m3fn)
-# Column order of the layer x kind table: vllm_maxact.sites.KIND_ORDER.
-KIND_ORDER = ["embedding", "residual", "attn_out", "mlp_out", "gate", "router", "final_norm"]
+# --- the exporter contract: declared once in vllm_maxact.metrics -----------------------------
+# (the generator imports only the catalog, the format limits and the site kinds: no torch, no vLLM)
+METRICS: list[str] = EXPOSED
+# Column order of the layer x kind table: every kind the exporter can emit.
+KIND_ORDER = [k.value for k in KIND_ORDER_ENUM]
 
 
 def metric(name: str) -> str:
     """Full metric name for ``name`` (with or without the ``vllm_maxact_`` prefix); only known names."""
-    full = name if name.startswith("vllm_maxact_") else "vllm_maxact_" + name
-    if full not in METRICS:
-        raise KeyError(f"{full} is not an exported vllm-maxact metric")
-    return full
+    return exposed(name)
 
 
 MODEL = 'model_name=~"$model_name"'

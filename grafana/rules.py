@@ -25,7 +25,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from build_dashboard import DASHBOARD_UID, FP16_MAX, metric  # noqa: E402
+from vllm_maxact.formats import FP16_MAX  # noqa: E402
+from vllm_maxact.metrics import exposed as metric  # noqa: E402
+
+DASHBOARD_UID = "vllm-maxact"
 
 RULES_PATH = HERE / "alerts" / "vllm-maxact-rules.yaml"
 GROUP = "vllm-maxact"

@@ -133,10 +133,10 @@ def smollm2_calibration(smollm2_dir, domain_texts, tmp_path_factory) -> Path:
     traffic clips: clip-rate panels get data and the clip-rate alert must fire. Tests that start
     SmolLM2 load it too, so they share one compiled graph (the cache key covers the traced ops,
     not the file's values) and CI compiles SmolLM2 once."""
+    from reference import reference_stats
     from transformers import AutoTokenizer
 
     from vllm_maxact.int8 import SCALES_FORMAT
-    from vllm_maxact.reference import reference_stats
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     ref = reference_stats(smollm2_dir, [tok(t).input_ids[:128] for _, t in domain_texts[:4]])
@@ -230,8 +230,7 @@ def off_float32_reference(got: dict, ref: dict, off: list[tuple[str, str]], mode
     if not off:
         return []
     import torch
-
-    from vllm_maxact.reference import reference_stats
+    from reference import reference_stats
 
     ref32 = reference_stats(model_dir, toks, dtype=torch.float32)
     return [

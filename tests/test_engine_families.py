@@ -17,8 +17,8 @@ import random
 
 import pytest
 from conftest import off_float32_reference, served_stats, stats_by_site
+from reference import reference_stats
 
-from vllm_maxact.reference import reference_stats
 from vllm_maxact.sites import Kind, Site
 
 pytestmark = pytest.mark.slow

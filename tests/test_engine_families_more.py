@@ -25,11 +25,11 @@ import time
 
 import pytest
 from conftest import build_llm, close_llm, off_float32_reference, prompt_only, stats_by_site
+from reference import reference_stats
 
 import vllm_maxact
 from vllm_maxact.api import collect
 from vllm_maxact.export.arrow import table_from_payloads
-from vllm_maxact.reference import reference_stats
 from vllm_maxact.sites import Kind, Site
 
 pytestmark = pytest.mark.slow

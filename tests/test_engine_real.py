@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import served_stats, stats_by_site, within_cpu_drift
+from reference import global_absmax, reference_stats
 
-from vllm_maxact.reference import global_absmax, reference_stats
 from vllm_maxact.sites import GLOBAL_KINDS, Kind, Site
 
 pytestmark = pytest.mark.slow

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vllm_maxact.metrics import CATALOG, EXPOSED
+from vllm_maxact.sites import Kind
+
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "vllm-maxact.json"
@@ -27,20 +30,9 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 
-# The exporter contract (vllm_maxact/export/prometheus.py plus the INT-8 drift gauges), written out
-# independently of the generator's own list on purpose.
-CONTRACT = {
-    "vllm_maxact_absmax", "vllm_maxact_max", "vllm_maxact_min",
-    "vllm_maxact_window_absmax", "vllm_maxact_window_max", "vllm_maxact_window_min",
-    "vllm_maxact_nonfinite_total", "vllm_maxact_tokens_total", "vllm_maxact_window_tokens",
-    "vllm_maxact_global_absmax", "vllm_maxact_window_global_absmax", "vllm_maxact_window_seconds",
-    "vllm_maxact_sites", "vllm_maxact_last_update_timestamp_seconds", "vllm_maxact_info",
-    "vllm_maxact_snapshot_error", "vllm_maxact_snapshot_errors_total",
-    "vllm_maxact_snapshot_last_success_timestamp_seconds",
-    "vllm_maxact_int8_threshold", "vllm_maxact_int8_clip_rate", "vllm_maxact_int8_sqnr_db",
-    "vllm_maxact_payload_errors_total", "vllm_maxact_payloads_invalid", "vllm_maxact_scrape_errors_total",
-    "vllm_maxact_publish_errors_total",
-}
+# The exporter contract: the metric catalog (vllm_maxact/metrics.py), which the exporter, the
+# dashboard and the rules all take their names from.
+CONTRACT = set(EXPOSED)
 NAME_RE = re.compile(r"vllm_maxact_[a-z0-9_]+")
 VARS = ("model_name", "kind", "layer")
 REQUIRED_ALERTS = {"VllmMaxactNonFiniteActivations", "VllmMaxactFp16Overflow", "VllmMaxactInt8ClipRateHigh",
@@ -115,6 +107,26 @@ def test_generator_metric_list_is_the_contract():
     assert len(bd.METRICS) == len(set(bd.METRICS))
     with pytest.raises(KeyError):
         bd.metric("vllm_maxact_not_a_metric")
+
+
+def test_exporter_emits_exactly_the_catalog():
+    """Every family the exporter yields is in the catalog with its type and labels, and every catalog
+    entry is yielded (so neither can drift from the other)."""
+    prom = pytest.importorskip("vllm_maxact.export.prometheus")
+    families = {f.name: f for f in prom.MaxActCollector(None, {"snapshots_enabled": True}).collect()}
+    assert set(families) == {m.full for m in CATALOG}
+    for m in CATALOG:
+        assert families[m.full].type == m.type, m.name
+
+
+def test_dashboard_kind_table_has_every_kind(dash):
+    """The layer x kind table orders a column for every kind the exporter can emit (a kind missing
+    there would be shuffled to the end, unlabelled by the ordering)."""
+    orders = [t["options"]["indexByName"] for p in _panels(dash) for t in p.get("transformations", [])
+              if t.get("id") == "organize" and "layer\\kind" in t.get("options", {}).get("indexByName", {})]
+    assert orders, "no layer x kind table with a column order"
+    for order in orders:
+        assert {k.value for k in Kind} <= set(order), {k.value for k in Kind} - set(order)
 
 
 def test_exporter_names_are_in_the_generator_list():

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build_llm, close_llm
+from reference import int8_reference
 
 from vllm_maxact.corpus import Sample, load_corpus
-from vllm_maxact.reference import int8_reference
 from vllm_maxact.replay import run_replay
 
 pytestmark = pytest.mark.slow

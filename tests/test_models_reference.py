@@ -21,7 +21,7 @@ from vllm_maxact.sites import Kind, Site
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from vllm_maxact import reference  # noqa: E402  (needs torch)
+import reference  # noqa: E402  (needs torch)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_tiny  # noqa: E402

@@ -508,9 +508,9 @@ def test_compiled_residual_sites_come_from_the_float32_chain(hot_path):
             b = f_inst(x)
             rec.end_step()
             assert torch.equal(a.view(torch.int16), b.view(torch.int16)), n
-            chain, h = x[:valid].float(), x
+            chain, h, res = x[:valid].float(), x, None
             for i, layer in enumerate(inst.model.layers):
-                hid, r = layer(None, h, None if i == 0 else res)
+                hid, r = layer(None, h, res)
                 attn = layer.self_attn(torch.nn.functional.rms_norm(h if i == 0 else h + res, (64,)))
                 chain = (chain + attn[:valid].float()) + hid[:valid].float()
                 want[f"layers.{i}.residual"] = max(want.get(f"layers.{i}.residual", -1e9), float(chain.max()))

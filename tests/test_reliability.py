@@ -507,11 +507,10 @@ def test_state_changing_worker_methods_need_the_token(temp_root, monkeypatch):
     before touching anything. The instance's own secret (the Python API) or the admin token pass."""
     from types import SimpleNamespace
 
-    from vllm_maxact import worker
-    from vllm_maxact.config import get_config
-
     import torch
 
+    from vllm_maxact import worker
+    from vllm_maxact.config import get_config
     from vllm_maxact.recorder import Recorder
     from vllm_maxact.sites import Site
 

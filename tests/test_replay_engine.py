@@ -11,9 +11,9 @@ from collections import defaultdict
 import pytest
 import torch
 from conftest import build_llm, close_llm
+from reference import load_model, reference_stats_for_model
 
 from vllm_maxact.corpus import load_corpus
-from vllm_maxact.reference import load_model, reference_stats_for_model
 from vllm_maxact.replay import run_replay
 from vllm_maxact.sites import Kind, Site
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vllm_maxact.hotpath import Operand
+from vllm_maxact.hotpath.operand import Operand
 from vllm_maxact.sites import Kind, Site
 
 logger = logging.getLogger("vllm_maxact")

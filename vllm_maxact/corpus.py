@@ -318,8 +318,8 @@ def _read_builtin() -> tuple[list[Sample], list[Problem]]:
         ref = Path(__file__).with_name("data") / "builtin.jsonl"  # type: ignore[assignment]
     if not ref.is_file():
         raise CorpusError(
-            f"the built-in corpus is missing from the installed package ({ref}); reinstall vllm_maxact or "
-            "regenerate it with: python -m vllm_maxact.data.generate_builtin"
+            f"the built-in corpus is missing from the installed package ({ref}): "
+            "reinstall vllm-maxact (in a source checkout: python tests/generate_builtin.py)"
         )
     with resources.as_file(ref) as path:
         return _read_jsonl(Path(path), BUILTIN)

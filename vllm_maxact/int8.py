@@ -19,12 +19,10 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from vllm_maxact.formats import BF16_MAX, FP8_E4M3_MAX, FP16_MAX
 from vllm_maxact.ops_int8 import BINS_PER_OCTAVE, HIST_BINS, HIST_MIN_EXP
 
 THRESHOLDS = ("max", "p999")
-FP16_MAX = 65504.0
-BF16_MAX = 3.3895313892515355e38
-FP8_E4M3_MAX = 448.0
 
 
 def bin_edges() -> np.ndarray:

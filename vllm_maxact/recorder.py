@@ -11,7 +11,6 @@ a copy and a reset can be lost, because both are queued on the same stream.
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,19 +77,6 @@ class Stats:
             min(self.start, other.start),
             max(self.end, other.end),
             chan,
-        )
-
-    def copy(self) -> Stats:
-        return Stats(
-            list(self.sites),
-            self.max.copy(),
-            self.min.copy(),
-            self.nan.copy(),
-            self.inf.copy(),
-            self.tokens,
-            self.start,
-            self.end,
-            {sl: v.copy() for sl, v in self.chan.items()},
         )
 
 

@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 
 from vllm_maxact import summary
 from vllm_maxact.export.arrow import SchemaError, read_table
+from vllm_maxact.formats import FP8_E4M3_MAX, FP16_MAX
 from vllm_maxact.sites import GLOBAL_KINDS, KIND_ORDER, Kind, Site
-from vllm_maxact.summary import FP8_E4M3_MAX, FP16_MAX
 
 #: Columns a file must have to be reported (the others of the schema are optional).
 REQUIRED_COLUMNS = (

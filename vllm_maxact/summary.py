@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vllm_maxact.int8 import BF16_MAX, FP8_E4M3_MAX, FP16_MAX  # noqa: F401  (one definition of the limits)
+from vllm_maxact.formats import FP8_E4M3_MAX, FP16_MAX
 from vllm_maxact.sites import GLOBAL_KINDS, KIND_ORDER
 
 

@@ -20,17 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from vllm_maxact.export.arrow import merge_ranks
 from vllm_maxact.export.runtime import by_model, read_payloads
+from vllm_maxact.metrics import family
 from vllm_maxact.sites import GLOBAL_KINDS, Site
 
 logger = logging.getLogger("vllm_maxact")
 
-PREFIX = "vllm_maxact_"
-SITE_LABELS = ["model_name", "kind", "layer"]
 
 
 def _stages(payloads: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -61,46 +60,12 @@ class MaxActCollector(Collector):
         except Exception as e:  # noqa: BLE001  (the scrape still serves the status series)
             self._scrape_failed(None, e)
             payloads = []
-        g = {
-            name: GaugeMetricFamily(PREFIX + name, doc, labels=SITE_LABELS)
-            for name, doc in (
-                ("absmax", "Largest |activation| observed at a site since start or reset (lifetime)."),
-                ("max", "Largest activation value observed at a site (lifetime)."),
-                ("min", "Smallest activation value observed at a site (lifetime)."),
-                ("window_absmax", "Largest |activation| at a site over the recent window (window_seconds)."),
-                ("window_max", "Largest activation value at a site over the recent window."),
-                ("window_min", "Smallest activation value at a site over the recent window."),
-            )
-        }
-        nonfinite = CounterMetricFamily(
-            PREFIX + "nonfinite", "Non-finite activation values observed at a site (value=nan|inf).",
-            labels=[*SITE_LABELS, "value"],
-        )
-        tokens = CounterMetricFamily(PREFIX + "tokens", "Tokens observed by the recorder (computed tokens; "
-                                     "prefix-cache hits are not recomputed, so not observed).",
-                                     labels=["model_name"])
-        window_tokens = GaugeMetricFamily(PREFIX + "window_tokens", "Tokens observed in the recent window.",
-                                          labels=["model_name"])
-        gmax = GaugeMetricFamily(PREFIX + "global_absmax", "Global max |x| over embedding, residual, attn_out, "
-                                 "mlp_out and final_norm sites (lifetime).", labels=["model_name"])
-        wgmax = GaugeMetricFamily(PREFIX + "window_global_absmax", "Global max |x| over the recent window.",
-                                  labels=["model_name"])
-        window_s = GaugeMetricFamily(PREFIX + "window_seconds", "Length of the recent window.",
-                                     labels=["model_name"])
-        sites_g = GaugeMetricFamily(PREFIX + "sites", "Number of recorded sites.", labels=["model_name"])
-        updated = GaugeMetricFamily(PREFIX + "last_update_timestamp_seconds",
-                                    "When the workers last published statistics.", labels=["model_name"])
-        info = GaugeMetricFamily(PREFIX + "info", "Recorder build information (value 1).",
-                                 labels=["model_name", "architecture", "adapter", "plugin_version", "vllm_version",
-                                         "tp_size", "pp_size", "hot_path"])
-        thr_g = GaugeMetricFamily(PREFIX + "int8_threshold", "Calibrated INT-8 threshold (scale = threshold / 127) "
-                                  "loaded from VLLM_MAXACT_CALIBRATION.", labels=SITE_LABELS)
-        clip_g = GaugeMetricFamily(PREFIX + "int8_clip_rate", "Fraction of recent-window values with |x| above the "
-                                   "calibrated INT-8 threshold.", labels=SITE_LABELS)
-        sqnr_g = GaugeMetricFamily(PREFIX + "int8_sqnr_db", "SQNR (dB) of recent-window values quantized to INT-8 "
-                                   "with the calibrated scale.", labels=SITE_LABELS)
-        publish_errors = CounterMetricFamily(PREFIX + "publish_errors", "Failed publishes of the workers' statistics "
-                                             "(the worker's log says why; serving continues).", labels=["model_name"])
+        g = {name: family(name) for name in ("absmax", "max", "min", "window_absmax", "window_max", "window_min")}
+        nonfinite, tokens, window_tokens = family("nonfinite"), family("tokens"), family("window_tokens")
+        gmax, wgmax, window_s = family("global_absmax"), family("window_global_absmax"), family("window_seconds")
+        sites_g, updated, info = family("sites"), family("last_update_timestamp_seconds"), family("info")
+        thr_g, clip_g, sqnr_g = family("int8_threshold"), family("int8_clip_rate"), family("int8_sqnr_db")
+        publish_errors = family("publish_errors")
         for model, group in sorted(by_model(payloads).items()):
             # One model's series are built apart and added only when complete: a failure costs
             # that model's series for this scrape, never the scrape.
@@ -212,21 +177,13 @@ class MaxActCollector(Collector):
     def _status_metrics(self) -> Iterator[Metric]:
         from vllm_maxact.export.runtime import PAYLOAD_STATUS
 
-        bad = CounterMetricFamily(PREFIX + "payload_errors", "Invalid worker payloads skipped (each bad file "
-                                  "version counted and logged once; the other payloads are exported).", labels=[])
+        bad, bad_now, scrape = family("payload_errors"), family("payloads_invalid"), family("scrape_errors")
         bad.add_metric([], PAYLOAD_STATUS["errors"])
-        bad_now = GaugeMetricFamily(PREFIX + "payloads_invalid", "Worker payload files skipped as invalid at the "
-                                    "latest read.", labels=[])
         bad_now.add_metric([], PAYLOAD_STATUS["invalid"])
-        scrape = CounterMetricFamily(PREFIX + "scrape_errors", "Models whose series could not be built at a "
-                                     "scrape (skipped for that scrape; see the log).", labels=[])
         scrape.add_metric([], SCRAPE_STATUS["errors"])
         yield from (bad, bad_now, scrape)
-        err = GaugeMetricFamily(PREFIX + "snapshot_error", "1 while Arrow snapshots cannot be written "
-                                "(see the log), else 0.", labels=[])
-        n_err = CounterMetricFamily(PREFIX + "snapshot_errors", "Failed snapshot writes (any error of the snapshot thread; it keeps running).", labels=[])
-        ok = GaugeMetricFamily(PREFIX + "snapshot_last_success_timestamp_seconds",
-                               "When the last Arrow snapshot was written.", labels=[])
+        err, n_err = family("snapshot_error"), family("snapshot_errors")
+        ok = family("snapshot_last_success_timestamp_seconds")
         if self.status.get("snapshots_enabled"):
             err.add_metric([], 1.0 if self.status.get("error") else 0.0)
             n_err.add_metric([], self.status.get("errors", 0))
@@ -261,7 +218,7 @@ def register_into(registry: CollectorRegistry) -> CollectorRegistry:
 
 def install_front_end() -> None:
     """Put our collector behind vLLM's ``/metrics`` in this process (single or multiple API servers)."""
-    from vllm_maxact.plugin import when_imported
+    from vllm_maxact.importhooks import when_imported
 
     register_into(REGISTRY)
 

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from vllm_maxact.adapters import Adapter, Probe, is_missing
-from vllm_maxact.recorder import Recorder
 from vllm_maxact.sites import Kind, Site
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm_maxact.recorder import Recorder
 
 logger = logging.getLogger("vllm_maxact")
 

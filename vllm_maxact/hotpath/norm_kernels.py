@@ -56,29 +56,16 @@ MULTI_REDUCE = None
 #: only the atomics that change them (`triton.seen`). H200: at 1 and 64 tokens 0.05-0.17 us
 #: faster per call; from 256 the loads cost more than the atomics they spare (0.4-0.5 us slower)
 SKIP_SEEN = 64
-#: At 111 registers two 8-warp programs of the norm are resident per SM (Inductor's plain norm,
-#: one row per program, keeps more rows in flight), and each waits for its row's loads before a
-#: reduction with six barriers: the norm moves 3.4 TB/s at 16k tokens against Inductor's 4.3.
-#: Two ways to have the next row's loads in flight meanwhile (`gpu_norm_micro.py`'s `nst2`,
-#: `nst3`, `pf`, `pf8` kernel sets):
+#: Keeping the next row's loads in flight while a row reduces (the norm waits on its loads before
+#: a reduction with six barriers):
 #: - NORM_STAGES: Triton's software pipelining of the row loop (asynchronous copies into shared
-#:   memory: 16 / 32 KB per program at 2 / 3 stages, 105-109 registers) where each program loops
-#:   over at least NORM_STAGES_FROM rows. On: measured on an H200 at 16,384 tokens (medians of 3
-#:   alternated rounds), 3 stages take the norm from 160 to 143 us (Inductor's norm without
-#:   recording: 126 us) and the three-output form from 210 to 165 us; 2 stages measured slower
-#:   (172 us); below NORM_STAGES_FROM rows per program (2,048 tokens and fewer) it is not used
-#:   and the times are unchanged;
-#: - NORM_PREFETCH_FROM: from this many rows per program, the next row's x and residual are
-#:   loaded into registers before this row's barriers and stores (109-128 registers, still two
-#:   programs per SM; 0: never). Off: 146 us at 16k tokens (behind 3 stages), and from one row
-#:   per program it slows 256 tokens by 5 %.
+#:   memory) where each program loops over at least NORM_STAGES_FROM rows; 3 stages were the
+#:   fastest measured on an H200 at 16k tokens, below NORM_STAGES_FROM rows it is not used;
+#: - NORM_PREFETCH_FROM: from this many rows per program, load the next row's x and residual into
+#:   registers before this row's barriers and stores (0: never; measured behind NORM_STAGES).
 NORM_STAGES: int | None = 3
 NORM_STAGES_FROM = 8
 NORM_PREFETCH_FROM = 0
-#: Tried on an H200 and removed (benchmarks/RESULTS.md, 2026-12-05, seventh run): the norm read
-#: in column chunks in two passes, as Inductor lays it out (46 registers, five programs per SM),
-#: 26 % slower at 16k tokens and 19-33 % below; SiLU-and-mul one tile per program with no row
-#: loop, 2 % faster at 16k tokens and 3-7 % slower below.
 #: warps of the norm kernel (None: by width); a module constant so benchmarks can sweep it
 #: (16 warps: 70 registers, one program per SM, measured slower than 8 on an H200 at every size)
 NORM_WARPS = None
@@ -332,7 +319,6 @@ def _rtne(x: torch.Tensor) -> bool:
 
 def _norm_warps(block: int) -> int:
     # 8 at 4,096 columns: 111 registers on sm_90, faster on an H200 at every size than 16 warps
-    # (70 registers; benchmarks/RESULTS.md, 2026-12-03)
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 

@@ -8,7 +8,8 @@ deterministic: the same ``--seed`` and ``--total`` give a byte-identical file.
 Eight domains mirror the study's mix (weights in ``DOMAIN_WEIGHTS``); lengths vary from ~50 to
 ~3000 tokens so every length bucket of the replay protocol gets exercised.
 
-Run:  python -m vllm_maxact.data.generate_builtin [--out PATH] [--seed S] [--total N]
+Run:  python tests/generate_builtin.py [--out PATH] [--seed S] [--total N]
+(a development tool: it does not ship in the package)
 Stdlib only.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 DEFAULT_SEED = 20240601
 DEFAULT_TOTAL = 520
-DEFAULT_OUT = Path(__file__).with_name("builtin.jsonl")
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "vllm_maxact" / "data" / "builtin.jsonl"
 
 #: Percent of samples per domain (the study's corpus mix, rounded).
 DOMAIN_WEIGHTS: dict[str, int] = {
