@@ -548,7 +548,7 @@ def smooth(model_dir, smoothing_file, out_dir) -> None:
     """Write a SmoothQuant-smoothed copy of a checkpoint (same function; flatter activations).
 
     SMOOTHING_FILE comes from `vllm-maxact scales FILE.arrow --format smoothquant --model MODEL_DIR`.
-    Quantize the result with any W8A8 tool; see the README."""
+    Quantize the result with any W8A8 tool; see docs/int8-and-smoothquant.md."""
     from safetensors import SafetensorError
 
     from vllm_maxact import smoothquant

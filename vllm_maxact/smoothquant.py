@@ -12,7 +12,7 @@ X' W'^T = X W^T exactly and X' has a flatter range, easier to quantize per tenso
 the inputs of the QKV and gate/up projections, i.e. the outputs of the two norms of each
 layer). This module turns those into factors with the checkpoint's weights (`document`), and
 writes a smoothed copy of the checkpoint (`apply`): the same model function, ready for any
-W8A8 quantizer (see the README).
+W8A8 quantizer (see docs/int8-and-smoothquant.md).
 """
 
 from __future__ import annotations

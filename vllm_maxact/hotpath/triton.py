@@ -111,7 +111,7 @@ def fold_atomic(ext_ptr, cnt_ptr, pos, h, lw, cn, ci, sh, sl):
     / counts [k, 2]; the max only if above ``sh``, the min only if below ``sl`` (`seen`, or
     -inf / inf). Relaxed atomics: the host reads after the stream has finished, so nothing
     needs ordering, and Triton's default (acquire-release) fences cost about 1.3 us per launch
-    on an H200 (benchmarks/gpu_norm_micro.py)."""
+    on an H200."""
     if h > sh:
         tl.atomic_max(ext_ptr + 2 * pos, h, sem="relaxed")
     if lw < sl:
