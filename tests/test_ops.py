@@ -373,9 +373,9 @@ def test_channel_sites_record_per_channel_absmax(compiled, hot_path):
     assert win.chan[rec.chan_slots[0]].argmax() == 3  # the outlier channel, not the padding row's
     # The per-channel vectors reach the Arrow table.
     from vllm_maxact.export.arrow import rows_from_stats
-    from vllm_maxact.publish import stats_dict
+    from vllm_maxact.stats import to_wire
 
-    rows = {r["site"]: r for r in rows_from_stats({}, names, stats_dict(win), window="lifetime", rank=None)}
+    rows = {r["site"]: r for r in rows_from_stats({}, names, to_wire(win), window="lifetime", rank=None)}
     assert rows["layers.1.residual"]["channel_absmax"] is None
     np.testing.assert_allclose(rows["layers.1.mlp_in"]["channel_absmax"], want["layers.1.mlp_in"], rtol=1e-5)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -215,7 +216,8 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
     except (ReplayError, models.ModelError) as e:
         raise click.ClickException(str(e)) from None
 
-    os.environ.setdefault("VLLM_MAXACT_ENABLE", "1")
+    # Settings for the replay's engine travel in its config (vLLM hands it to every worker).
+    settings: dict[str, Any] = {}
     if kinds:
         from vllm_maxact.config import DEFAULT_KINDS, parse_kinds
 
@@ -225,9 +227,9 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
             chosen = dict.fromkeys(parse_kinds(names))
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--kinds") from None
-        os.environ["VLLM_MAXACT_KINDS"] = ",".join(k.value for k in chosen)  # read by the workers
+        settings["kinds"] = [k.value for k in chosen]
     if int8_check:
-        os.environ["VLLM_MAXACT_INT8_CHECK"] = "1"  # read by the workers when they start
+        settings["int8_check"] = True
     _cpu_defaults()
     from vllm import LLM
 
@@ -244,7 +246,9 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
         kwargs.setdefault("max_num_batched_tokens", CPU_STEP_TOKENS)
     if model.strip().lower() in models.BUNDLED:  # the files and plots name the alias, not its cache folder
         kwargs.setdefault("served_model_name", model)
-    llm = LLM(path, **kwargs)
+    from vllm_maxact.plugin import ENGINE_KEY
+
+    llm = LLM(path, additional_config={ENGINE_KEY: settings}, **kwargs)
 
     # On a CPU a step's cost follows its tokens, so short engine calls waste next to nothing:
     # calls of about --batch-seconds from the first few samples of each domain on (the bar and

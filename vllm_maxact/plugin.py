@@ -61,13 +61,29 @@ def register() -> None:
     prometheus.install_front_end()
 
 
-def engine_config() -> MaxActConfig:
-    """The configuration for an engine being built now: the process-wide one (validated at
-    start), with the master switch as the environment says at this moment, so that
-    ``VLLM_MAXACT_ENABLE`` set around one engine of a process applies to that engine."""
+#: The key of vLLM's ``additional_config`` that carries settings for one engine.
+ENGINE_KEY = "vllm_maxact"
+
+
+def engine_settings(vllm_config) -> dict:
+    """Settings given to one engine (``LLM(..., additional_config={"vllm_maxact": {...}})``, or
+    ``--additional-config`` on ``vllm serve``): vLLM hands its config to every worker (local
+    processes, Ray actors on other nodes), so this is how `vllm-maxact replay` passes its
+    choices (sites, the INT-8 check) to the workers, rather than through the environment."""
+    extra = getattr(vllm_config, "additional_config", None) if vllm_config is not None else None
+    settings = extra.get(ENGINE_KEY) if isinstance(extra, dict) else None
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def engine_config(vllm_config=None) -> MaxActConfig:
+    """The configuration for an engine being built now: the file and the environment as they
+    are at this moment (so that ``VLLM_MAXACT_ENABLE`` set around one engine of a process applies
+    to that engine), then the engine's own settings (`engine_settings`) over them."""
     try:
-        return load_config()
+        return load_config(**engine_settings(vllm_config))
     except Exception:  # noqa: BLE001  (validated at start; a later bad edit keeps the start's values)
+        if engine_settings(vllm_config):
+            raise  # the engine's own settings are wrong: say so, rather than run without them
         return get_config()
 
 
@@ -110,7 +126,7 @@ def _patch_compile_hash(mod: ModuleType) -> None:
     def compute_hash(self, *args, **kwargs) -> str:
         import hashlib
 
-        cfg = engine_config()
+        cfg = engine_config(self)
         if not cfg.enable:
             return original(self, *args, **kwargs)
         extra = f"vllm-maxact={__version__};{cfg.signature()}"
@@ -199,7 +215,7 @@ def _attach(runner) -> None:
     from vllm_maxact.publish import Publisher
 
     runner._maxact_recorder = None
-    cfg = engine_config()
+    cfg = engine_config(runner.vllm_config)
     if not cfg.enable:
         return
     model = runner.get_model() if hasattr(runner, "get_model") else runner.model

@@ -15,34 +15,14 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-
 from vllm_maxact.config import MaxActConfig
 from vllm_maxact.export.atomic import write_atomic
 from vllm_maxact.export.runtime import instance_dir
-from vllm_maxact.recorder import Recorder, Stats
+from vllm_maxact.recorder import Recorder
+from vllm_maxact.stats import WIRE_VERSION, to_wire
 
 logger = logging.getLogger("vllm_maxact")
 
-PAYLOAD_VERSION = 1
-
-
-def _floats(a: np.ndarray) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in a]
-
-
-def stats_dict(s: Stats) -> dict[str, Any]:
-    return {
-        "max": _floats(s.max),
-        "min": _floats(s.min),
-        "nan": [int(v) for v in s.nan],
-        "inf": [int(v) for v in s.inf],
-        "tokens": int(s.tokens),
-        "start": s.start,
-        "end": s.end,
-        # channel sites only: site index -> per-channel max |x|
-        **({"channels": {str(i): _floats(v) for i, v in sorted(s.chan.items())}} if s.chan else {}),
-    }
 
 
 def rank_info() -> dict[str, int]:
@@ -73,7 +53,7 @@ def payload(rec: Recorder, vllm_config) -> dict[str, Any]:
     from vllm_maxact import __version__
 
     return {
-        "version": PAYLOAD_VERSION,
+        "version": WIRE_VERSION,
         "model": model_name(vllm_config),
         "architecture": getattr(rec, "architecture", None),
         "adapter": getattr(rec, "adapter_name", None),
@@ -86,8 +66,8 @@ def payload(rec: Recorder, vllm_config) -> dict[str, Any]:
         "window_s": rec.window_s,
         **rank_info(),
         "sites": [s.name for s in rec.sites],
-        "lifetime": stats_dict(rec.lifetime),
-        "recent": stats_dict(rec.recent()),
+        "lifetime": to_wire(rec.lifetime),
+        "recent": to_wire(rec.recent()),
         **(int8_dict(rec) if rec.int8 else {}),
     }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,62 +21,7 @@ from torch import nn
 from vllm_maxact import ops_int8
 from vllm_maxact.hotpath import HotPath, Operand, as_operand, choose
 from vllm_maxact.sites import CHANNEL_KINDS, Site
-
-
-@dataclass
-class Stats:
-    """Statistics of a set of sites over some span of tokens (host side, numpy)."""
-
-    sites: list[Site]
-    max: np.ndarray  # float64 [S], -inf where nothing finite was seen
-    min: np.ndarray  # float64 [S], +inf where nothing finite was seen
-    nan: np.ndarray  # int64 [S]
-    inf: np.ndarray  # int64 [S]
-    tokens: int = 0
-    start: float = field(default_factory=time.time)
-    end: float = field(default_factory=time.time)
-    #: channel sites only (slot -> float64 [H]): per-channel max |x|
-    chan: dict[int, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, sites: list[Site], start: float | None = None) -> Stats:
-        n = len(sites)
-        now = time.time() if start is None else start
-        return cls(
-            list(sites),
-            np.full(n, -np.inf),
-            np.full(n, np.inf),
-            np.zeros(n, np.int64),
-            np.zeros(n, np.int64),
-            0,
-            now,
-            now,
-        )
-
-    @property
-    def absmax(self) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            a = np.maximum(np.abs(self.max), np.abs(self.min))
-        a[~(np.isfinite(self.max) & np.isfinite(self.min))] = np.nan
-        return a
-
-    def merge(self, other: Stats) -> Stats:
-        """Elementwise union of two spans of the same sites."""
-        assert self.sites == other.sites
-        chan = dict(self.chan)
-        for sl, v in other.chan.items():
-            chan[sl] = np.maximum(chan[sl], v) if sl in chan else v.copy()
-        return Stats(
-            self.sites,
-            np.maximum(self.max, other.max),
-            np.minimum(self.min, other.min),
-            self.nan + other.nan,
-            self.inf + other.inf,
-            self.tokens + other.tokens,
-            min(self.start, other.start),
-            max(self.end, other.end),
-            chan,
-        )
+from vllm_maxact.stats import Stats
 
 
 class SiteGroup(nn.Module):

@@ -23,9 +23,9 @@ import pyarrow as pa
 
 from vllm_maxact.auth import caller_token
 from vllm_maxact.corpus import Sample
-from vllm_maxact.export.arrow import SCHEMA, merge_ranks, rows_from_stats, write_table
+from vllm_maxact.export.arrow import SCHEMA, rows_from_stats, write_table
 from vllm_maxact.int8 import headroom
-from vllm_maxact.sites import Kind, Site
+from vllm_maxact.stats import concat_stages, group_stages, merge_rank_arrays, merge_ranks, split_stages, union
 
 #: With ``batch_seconds`` set, a replay batch holds at least this many full scheduler steps of
 #: tokens (``max_num_batched_tokens`` each), so the fixed cost of its end stays small.
@@ -96,23 +96,6 @@ def truncate(
         # sample is a measurable share of a short-prompt corpus's replay time on a fast GPU.
         ids.append(t if len(t) <= cap and type(t) is list else list(t[:cap]))
     return ids, truncated
-
-
-def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two consecutive spans of the same sites (not replicas: counts and tokens add up)."""
-
-    def pick(f, x, y):
-        return y if x is None else x if y is None else f(x, y)
-
-    return {
-        "max": [pick(max, x, y) for x, y in zip(a["max"], b["max"], strict=True)],
-        "min": [pick(min, x, y) for x, y in zip(a["min"], b["min"], strict=True)],
-        "nan": [x + y for x, y in zip(a["nan"], b["nan"], strict=True)],
-        "inf": [x + y for x, y in zip(a["inf"], b["inf"], strict=True)],
-        "tokens": a["tokens"] + b["tokens"],
-        "start": min(a["start"], b["start"]),
-        "end": max(a["end"], b["end"]),
-    }
 
 
 def run_replay(
@@ -218,20 +201,18 @@ def run_replay(
         payloads = last = collect(llm)
         dt = time.perf_counter() - t0
         seconds += dt
-        stages = _stage_windows(payloads)
-        for win in stages:
-            key = domain or ""
-            per_domain[key] = _union(per_domain[key], win) if key in per_domain else win
+        _, win = concat_stages(payloads, "window")
+        key = domain or ""
+        per_domain[key] = union(per_domain[key], win) if key in per_domain else win
         n_tok = sum(len(ids[i]) for i in batch)
         tokens += n_tok
         calls.append(Call(domain, len(batch), n_tok, dt))
         calls_of[domain] = calls_of.get(domain, 0) + 1
         lengths.extend(len(ids[i]) for i in batch)
         domain_counts[domain or ""] = domain_counts.get(domain or "", 0) + len(batch)
-        for win in stages:
-            vals = [abs(v) for v in win["max"] + win["min"] if v is not None]
-            if vals:
-                gmax = max(gmax or 0.0, max(vals))
+        vals = [abs(v) for v in win["max"] + win["min"] if v is not None]
+        if vals:
+            gmax = max(gmax or 0.0, max(vals))
         if on_progress:
             on_progress(len(batch), n_tok, gmax)
         if batch_seconds is not None and seconds > 0:
@@ -291,21 +272,18 @@ def run_replay(
     rows: list[dict[str, Any]] = []
     meta = dict(payloads[0])
     meta["time"] = time.time()
-    for stage in _group_stages(payloads):
+    stages = group_stages(payloads)
+    for stage in stages:
         sites = stage[0]["sites"]
         merged = merge_ranks([p["lifetime"] for p in stage], sites)
         rows += rows_from_stats(meta, sites, merged, window="replay", rank=None)
     if any(samples[i].domain for i in range(len(samples))):
-        stage_sites = [st[0]["sites"] for st in _group_stages(payloads)]
+        stage_sites = [st[0]["sites"] for st in stages]
         for domain, win in sorted(per_domain.items()):
             if not domain:
                 continue
-            # per_domain holds one merged window per stage; stages are concatenated in order.
-            offset = 0
-            for sites in stage_sites:
-                part = {k: (v[offset : offset + len(sites)] if isinstance(v, list) else v) for k, v in win.items()}
+            for sites, part in zip(stage_sites, split_stages(stage_sites, win), strict=True):
                 rows += rows_from_stats(meta, sites, part, window="replay", rank=None, domain=domain)
-                offset += len(sites)
     for r in rows:
         r.update(headroom(r["absmax"]))
     if int8_result is not None:
@@ -397,23 +375,11 @@ def _rpc_ok(results: list) -> None:
         raise ReplayError("the INT-8 check is not traced in this engine (start it with VLLM_MAXACT_INT8_CHECK=1)")
 
 
-def _merge_rank_arrays(per_rank: list[tuple[list[str], np.ndarray]]) -> dict[str, np.ndarray]:
-    """Sum over TP ranks for the sharded gate, rank 0's copy for replicated sites; stages concat."""
-    out: dict[str, np.ndarray] = {}
-    for sites, arr in per_rank:
-        for i, name in enumerate(sites):
-            if name not in out:
-                out[name] = arr[i].copy()
-            elif Site.parse(name).kind == Kind.GATE:
-                out[name] = out[name] + arr[i]
-    return out
-
-
 def _thresholds(payloads: list[dict[str, Any]], hists: list[dict[str, Any] | None]) -> dict[str, list[float]]:
     """Per site: (calibration max |x|, calibration p99.9 of |x|), merged over ranks."""
     from vllm_maxact.int8 import percentile_from_hist
 
-    merged_hist = _merge_rank_arrays([(h["sites"], np.asarray(h["hist"])) for h in hists if h])
+    merged_hist = merge_rank_arrays([(h["sites"], np.asarray(h["hist"])) for h in hists if h])
     absmax: dict[str, float] = {}
     for p in payloads:
         for i, name in enumerate(p["sites"]):
@@ -426,8 +392,8 @@ def _thresholds(payloads: list[dict[str, Any]], hists: list[dict[str, Any] | Non
 def _int8_lifetime(payloads: list[dict[str, Any]], thresholds) -> dict[str, dict[str, float | None]]:
     from vllm_maxact.int8 import figures
 
-    acc = _merge_rank_arrays([(p["sites"], np.asarray(p["int8"]["lifetime"]["acc"])) for p in payloads])
-    cnt = _merge_rank_arrays([(p["sites"], np.asarray(p["int8"]["lifetime"]["cnt"])) for p in payloads])
+    acc = merge_rank_arrays([(p["sites"], np.asarray(p["int8"]["lifetime"]["acc"])) for p in payloads])
+    cnt = merge_rank_arrays([(p["sites"], np.asarray(p["int8"]["lifetime"]["cnt"])) for p in payloads])
     thr = thresholds
     out: dict[str, dict[str, float | None]] = {}
     for name in acc:
@@ -440,22 +406,3 @@ def _int8_lifetime(payloads: list[dict[str, Any]], thresholds) -> dict[str, dict
                 row[prefix + k] = v if np.isfinite(v) else None
         out[name] = row
     return out
-
-
-def _group_stages(payloads: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    stages: dict[int, list[dict[str, Any]]] = {}
-    for p in payloads:
-        stages.setdefault(p.get("pp_rank", 0), []).append(p)
-    return [stages[k] for k in sorted(stages)]
-
-
-def _stage_windows(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One window, merged over TP ranks, concatenated over pipeline stages."""
-    merged_all: dict[str, Any] = {"max": [], "min": [], "nan": [], "inf": [], "tokens": 0}
-    for stage in _group_stages(payloads):
-        m = merge_ranks([p["window"] for p in stage], stage[0]["sites"])
-        for k in ("max", "min", "nan", "inf"):
-            merged_all[k] += m[k]
-        merged_all["tokens"] = max(merged_all["tokens"], m["tokens"])
-        merged_all["start"], merged_all["end"] = m["start"], m["end"]
-    return [merged_all]

@@ -25,7 +25,8 @@ def _recorder(worker):
 def maxact_collect(self, reset: bool = False, token: str | None = None) -> dict[str, Any] | None:
     """This rank's statistics as a plain dict (see `recorder.payload`); optionally reset them
     (which needs the token: `vllm_maxact.auth`)."""
-    from vllm_maxact.publish import payload, stats_dict
+    from vllm_maxact.publish import payload
+    from vllm_maxact.stats import to_wire
 
     if reset:
         _require(token, "maxact_collect(reset=True)")
@@ -42,7 +43,7 @@ def maxact_collect(self, reset: bool = False, token: str | None = None) -> dict[
     out = payload(rec, runner.vllm_config)
     # Everything recorded since the previous call (whatever the periodic publisher collected
     # meanwhile included): replay reads per-domain spans this way.
-    out["window"] = stats_dict(window)
+    out["window"] = to_wire(window)
     if reset:
         rec.reset()
     return out

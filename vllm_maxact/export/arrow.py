@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 from vllm_maxact.export.atomic import fsync_dir, temp_for
-from vllm_maxact.sites import Kind, Site
+from vllm_maxact.sites import Site
+from vllm_maxact.stats import group_stages, merge_ranks
 
 SCHEMA_VERSION = "2"  # 2: channel_absmax
 _TS = pa.timestamp("us", tz="UTC")
@@ -64,38 +65,6 @@ def _absmax(mx: float | None, mn: float | None) -> float | None:
     if mx is None or mn is None:
         return None
     return max(abs(mx), abs(mn))
-
-
-def merge_ranks(stats: Sequence[dict[str, Any]], sites: Sequence[str]) -> dict[str, Any]:
-    """Merge per-rank stats dicts over the same sites (tensor-parallel replicas)."""
-
-    def mx(vals):
-        vals = [v for v in vals if v is not None]
-        return max(vals) if vals else None
-
-    def mn(vals):
-        vals = [v for v in vals if v is not None]
-        return min(vals) if vals else None
-
-    out: dict[str, Any] = {"max": [], "min": [], "nan": [], "inf": []}
-    for i, name in enumerate(sites):
-        sharded = Site.parse(name).kind == Kind.GATE
-        out["max"].append(mx(s["max"][i] for s in stats))
-        out["min"].append(mn(s["min"][i] for s in stats))
-        for key in ("nan", "inf"):
-            vals = [s[key][i] for s in stats]
-            # Replicated tensors: every rank saw the same values; sharded: disjoint columns.
-            out[key].append(sum(vals) if sharded else max(vals))
-    chans: dict[str, list[float]] = {}
-    for s in stats:  # inputs of column-parallel layers are replicated: max over ranks
-        for key, v in s.get("channels", {}).items():
-            chans[key] = v if key not in chans else [max(a, b) for a, b in zip(chans[key], v, strict=True)]
-    if chans:
-        out["channels"] = chans
-    out["tokens"] = max(s["tokens"] for s in stats)
-    out["start"] = min(s["start"] for s in stats)
-    out["end"] = max(s["end"] for s in stats)
-    return out
 
 
 def rows_from_stats(
@@ -147,11 +116,8 @@ def table_from_payloads(
         return SCHEMA.empty_table()
     rows: list[dict[str, Any]] = []
     # Pipeline stages hold disjoint layers: group by stage, merge TP replicas within it.
-    by_stage: dict[int, list[dict[str, Any]]] = {}
-    for p in payloads:
-        by_stage.setdefault(p.get("pp_rank", 0), []).append(p)
     for window in windows:
-        for _, group in sorted(by_stage.items()):
+        for group in group_stages(payloads):
             sites = group[0]["sites"]
             meta = group[0]
             merged = merge_ranks([g[window] for g in group], sites)

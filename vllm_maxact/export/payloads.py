@@ -11,36 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import Field, StrictInt, StrictStr, ValidationError
 
 from vllm_maxact.sites import Site
+from vllm_maxact.stats import WIRE_VERSION, Count, Finite, StatsForm, Timestamp, _Strict
 
 
 class PayloadError(ValueError):
     """A payload that cannot be exported; the message names the field."""
-
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: ints are accepted, strings and bools not
-Count = Annotated[StrictInt, Field(ge=0, lt=2**63)]  # what an int64 column holds
-#: Seconds since the epoch that a datetime (and a timestamp column) can hold: up to the year 9999.
-Timestamp = Annotated[float, Field(ge=0, le=253402300799, allow_inf_nan=False)]
-#: Per-channel maxima come from float32 buffers (and go to a float32 list column).
-ChannelMax = Annotated[float, Field(ge=0, le=3.4028234663852886e38, allow_inf_nan=False)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class StatsForm(_Strict):
-    max: list[Finite | None]
-    min: list[Finite | None]
-    nan: list[Count]
-    inf: list[Count]
-    tokens: Count
-    start: Timestamp
-    end: Timestamp
-    channels: dict[StrictStr, list[ChannelMax | None]] = Field(default_factory=dict)
 
 
 class Int8Sums(_Strict):
@@ -102,6 +80,9 @@ def validate_payload(obj: Any) -> dict[str, Any]:
         where = ".".join(str(p) for p in err["loc"]) or "payload"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise PayloadError(f"{where}: {err['msg']}{more}") from None
+    if form.version is not None and form.version > WIRE_VERSION:
+        raise PayloadError(f"version: {form.version} is newer than this reader's {WIRE_VERSION} (a newer vllm-maxact "
+                           "in the workers than in the front end: install the same version in both)")
     n = len(form.sites)
     if len(set(form.sites)) != n:
         raise PayloadError("sites: a site is listed twice")

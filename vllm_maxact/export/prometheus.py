@@ -23,20 +23,13 @@ from typing import Any
 from prometheus_client.core import Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from vllm_maxact.export.arrow import merge_ranks
 from vllm_maxact.export.runtime import by_model, read_payloads
 from vllm_maxact.metrics import family
 from vllm_maxact.sites import GLOBAL_KINDS, Site
+from vllm_maxact.stats import group_stages, is_sharded, merge_ranks
 
 logger = logging.getLogger("vllm_maxact")
 
-
-
-def _stages(payloads: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    stages: dict[int, list[dict[str, Any]]] = {}
-    for p in payloads:
-        stages.setdefault(p.get("pp_rank", 0), []).append(p)
-    return [stages[k] for k in sorted(stages)]
 
 
 _lock = threading.Lock()
@@ -92,7 +85,7 @@ class MaxActCollector(Collector):
         self._int8(model, group, part)
         gl, gw = None, None
         n_sites, tok_l, tok_w, last = 0, 0, 0, 0.0
-        for stage in _stages(group):
+        for stage in group_stages(group):
             sites = stage[0]["sites"]
             n_sites += len(sites)
             life = merge_ranks([p["lifetime"] for p in stage], sites)
@@ -138,7 +131,6 @@ class MaxActCollector(Collector):
         import numpy as np
 
         from vllm_maxact.int8 import figures
-        from vllm_maxact.sites import Kind
 
         merged: dict[str, list] = {}
         for p in sorted(group, key=lambda p: p.get("tp_rank", 0)):
@@ -149,7 +141,7 @@ class MaxActCollector(Collector):
             for i, name in enumerate(p["sites"]):
                 if name not in merged:
                     merged[name] = [q["thresholds"][i][0], acc[i, 0].copy(), cnt[i, 0].copy()]
-                elif Site.parse(name).kind == Kind.GATE:  # sharded across TP ranks: sums add up
+                elif is_sharded(name):  # disjoint parts on the TP ranks: sums add up
                     merged[name][1] += acc[i, 0]
                     merged[name][2] += cnt[i, 0]
         for name, (thr, acc, cnt) in merged.items():
