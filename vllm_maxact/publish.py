@@ -151,6 +151,15 @@ class Publisher:
     def _failed(self, e: Exception) -> None:
         self.errors += 1
         msg = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, FileNotFoundError) and self.dir is not None and not self.dir.exists():
+            # The front end removes the dir when its instance exits, maybe before this worker's
+            # last publish: not worth an error at every shutdown. Counted all the same (a dir
+            # removed under a running server shows in the count once it is back).
+            if self.error != "gone":
+                logger.debug("vllm-maxact: runtime dir %s is gone (the instance is exiting, or it was removed)",
+                             self.dir)
+            self.error = "gone"
+            return
         if self.error != msg:
             logger.error("vllm-maxact: cannot publish statistics to %s: %s (serving continues)", self.dir, msg,
                          exc_info=not isinstance(e, OSError))

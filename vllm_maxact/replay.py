@@ -143,10 +143,51 @@ def run_replay(
     progress hook; samples are credited in the order they were queued, which is the order a
     prompt-only call finishes them in, so the token count is exact at each call's end);
     ``on_progress(samples, tokens, gmax)`` after each call, with the running global max."""
-    from vllm import SamplingParams
-
     from vllm_maxact.api import collect
 
+    ids, truncated = _prepare(llm, samples, targets=targets, token_ids=token_ids, int8_check=int8_check,
+                              budget_s=budget_s)
+    if min_batch_tokens is None:
+        steps = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        min_batch_tokens = MIN_BATCH_STEPS * steps
+    phases = _phases(len(samples), int8_check, calib_samples, eval_samples)
+    if on_start:
+        on_start([len(t) for t in ids])
+    collect(llm, reset=True)  # also checks that the plugin is recording
+    calls = _Calls(llm, samples, ids, batch_samples=batch_samples, batch_seconds=batch_seconds,
+                   min_batch_tokens=min_batch_tokens, first_call_tokens=first_call_tokens, budget_s=budget_s,
+                   on_sample=on_sample, on_progress=on_progress)
+    int8 = _Int8Check(llm) if int8_check else None
+    for phase, idx in enumerate(phases):
+        if int8:
+            int8.enter(phase)
+        calls.run(idx)
+    int8_result = int8.finish() if int8 else None
+    # The last call's read holds the whole lifetime already (nothing ran since), unless the
+    # INT-8 check switched modes after it.
+    payloads = calls.last if calls.last is not None and not int8_check else collect(llm)
+    has_domains = any(s.domain for s in samples)
+    table = _table(payloads, calls.per_domain if has_domains else {}, int8_result)
+    meta_int8 = {b"vllm_maxact.int8_calib_samples": str(len(phases[0])).encode(),
+                 b"vllm_maxact.int8_eval_samples": str(len(phases[1])).encode()} if int8_check else {}
+    replayed = sum(c.samples for c in calls.calls)
+    table = table.replace_schema_metadata(
+        {**SCHEMA.metadata, b"vllm_maxact.samples": str(replayed).encode(),
+         b"vllm_maxact.samples_planned": str(len(samples)).encode(),
+         b"vllm_maxact.truncated": str(truncated).encode(), b"vllm_maxact.tokens": str(calls.tokens).encode(),
+         **meta_int8}
+    )
+    result = ReplayResult(table, model, replayed, calls.tokens, truncated, calls.seconds, out, calls.domain_counts,
+                          planned=len(samples), calls=calls.calls, lengths=calls.lengths)
+    if out is not None:
+        write_table(table, out)
+    return result
+
+
+def _prepare(llm: Any, samples: Sequence[Sample], *, targets, token_ids, int8_check: bool,
+             budget_s: float | None) -> tuple[list[list[int]], int]:
+    """Check the engine and the request, tokenize; returns (token ids after truncation, how many
+    samples were longer than the engine's context)."""
     if not samples:
         raise ReplayError("the corpus is empty: nothing to replay")
     if llm.llm_engine.vllm_config.cache_config.enable_prefix_caching:
@@ -159,152 +200,180 @@ def run_replay(
     if token_ids is None:  # the model's own special-token convention (BOS where it wants one)
         tokenizer = llm.get_tokenizer()
         token_ids = [tokenizer(s.text).input_ids for s in samples]
-    ids, truncated = truncate(token_ids, limit=limit, targets=targets)
-    if min_batch_tokens is None:
-        steps = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-        min_batch_tokens = MIN_BATCH_STEPS * steps
-    if on_start:
-        on_start([len(t) for t in ids])
-    collect(llm, reset=True)  # also checks that the plugin is recording
-    # One output token, never detokenized: only the prompt's forward is of interest.
-    params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+    return truncate(token_ids, limit=limit, targets=targets)
 
-    # With the INT-8 check the corpus runs in three phases (the study's split): calibrate on the
-    # first N samples, evaluate on the next M, then the rest; each phase is grouped by domain.
-    n_cal = min(calib_samples, len(samples)) if int8_check else 0
-    n_eval = min(eval_samples, len(samples) - n_cal) if int8_check else 0
-    if int8_check and (n_cal == 0 or n_eval == 0):
-        raise ReplayError(f"--int8-check needs calibration and evaluation samples; the corpus has {len(samples)}")
-    phases = [range(0, n_cal), range(n_cal, n_cal + n_eval), range(n_cal + n_eval, len(samples))]
-    int8_result: dict[str, Any] | None = None
-    per_domain: dict[str, dict[str, Any]] = {}
-    domain_counts: dict[str, int] = {}
-    calls: list[Call] = []
-    calls_of: dict[str | None, int] = {}  # calls so far per domain
-    lengths: list[int] = []
-    tokens = 0
-    seconds = 0.0
-    gmax: float | None = None
-    batch: list[int] = []
-    batch_tokens = 0
-    budget: float | None = None  # tokens per call, once a throughput has been measured
-    last: list[dict[str, Any]] | None = None  # the latest call's payloads
 
-    def flush() -> None:
-        nonlocal tokens, seconds, gmax, batch_tokens, budget, last
-        if not batch:
-            return
-        domain = samples[batch[0]].domain
-        hook = _finished_requests_hook([len(ids[i]) for i in batch], on_sample) if on_sample else False
-        t0 = time.perf_counter()
-        llm.generate([{"prompt_token_ids": ids[i]} for i in batch], params, use_tqdm=hook)
-        payloads = last = collect(llm)
-        dt = time.perf_counter() - t0
-        seconds += dt
-        _, win = concat_stages(payloads, "window")
-        key = domain or ""
-        per_domain[key] = union(per_domain[key], win) if key in per_domain else win
-        n_tok = sum(len(ids[i]) for i in batch)
-        tokens += n_tok
-        calls.append(Call(domain, len(batch), n_tok, dt))
-        calls_of[domain] = calls_of.get(domain, 0) + 1
-        lengths.extend(len(ids[i]) for i in batch)
-        domain_counts[domain or ""] = domain_counts.get(domain or "", 0) + len(batch)
-        vals = [abs(v) for v in win["max"] + win["min"] if v is not None]
-        if vals:
-            gmax = max(gmax or 0.0, max(vals))
-        if on_progress:
-            on_progress(len(batch), n_tok, gmax)
-        if batch_seconds is not None and seconds > 0:
-            budget = tokens / seconds * batch_seconds
-        batch.clear()
-        batch_tokens = 0
+def _phases(n: int, int8_check: bool, calib_samples: int, eval_samples: int) -> list[range]:
+    """With the INT-8 check the corpus runs in three phases (the study's split): calibrate on the
+    first N samples, evaluate on the next M, then the rest. Without it: one phase."""
+    if not int8_check:
+        return [range(0, n)]
+    n_cal = min(calib_samples, n)
+    n_eval = min(eval_samples, n - n_cal)
+    if n_cal == 0 or n_eval == 0:
+        raise ReplayError(f"--int8-check needs calibration and evaluation samples; the corpus has {n}")
+    return [range(0, n_cal), range(n_cal, n_cal + n_eval), range(n_cal + n_eval, n)]
 
-    def full(rest: int) -> bool:
-        """Whether the call is complete, ``rest`` tokens of its domain (this phase) being left."""
-        if batch_seconds is not None and first_call_tokens:
-            ramp = first_call_tokens << min(calls_of.get(samples[batch[0]].domain, 0), 40)
-            if batch_tokens >= ramp:
-                return True
-        if len(batch) < batch_samples:
-            return False
-        if batch_seconds is None:
-            return True
-        target = max(min_batch_tokens, budget or 0)
-        return batch_tokens >= target and rest >= target / 2
 
-    stopped = False
-    for phase, idx in enumerate(phases):
-        if int8_check and phase == 0:
-            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 1, "clear_hist": True}))
-        if int8_check and phase == 1:
-            thresholds = _thresholds(collect(llm), llm.collective_rpc("maxact_int8_hist"))
-            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 2, "thresholds": thresholds}))
-        if int8_check and phase == 2:
-            _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 0}))
-            int8_result = _int8_lifetime(collect(llm), thresholds)
-        queues: dict[str | None, deque[int]] = {}  # per domain (in name order), corpus order inside
+class _Calls:
+    """The engine calls of a replay: which samples go into each (domains in turn, calls sized by
+    the rules of `run_replay`), the calls themselves, and what each adds up (per-domain windows,
+    tokens, seconds, the running global max)."""
+
+    def __init__(self, llm: Any, samples: Sequence[Sample], ids: list[list[int]], *, batch_samples: int,
+                 batch_seconds: float | None, min_batch_tokens: int, first_call_tokens: int | None,
+                 budget_s: float | None, on_sample, on_progress) -> None:
+        from vllm import SamplingParams
+
+        self.llm, self.samples, self.ids = llm, samples, ids
+        self.batch_samples, self.batch_seconds = batch_samples, batch_seconds
+        self.min_batch_tokens, self.first_call_tokens, self.budget_s = min_batch_tokens, first_call_tokens, budget_s
+        self.on_sample, self.on_progress = on_sample, on_progress
+        # One output token, never detokenized: only the prompt's forward is of interest.
+        self.params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        self.per_domain: dict[str, dict[str, Any]] = {}  # one window over every stage's sites
+        self.domain_counts: dict[str, int] = {}
+        self.calls: list[Call] = []
+        self.calls_of: dict[str | None, int] = {}  # calls so far per domain
+        self.lengths: list[int] = []
+        self.tokens = 0
+        self.seconds = 0.0
+        self.gmax: float | None = None
+        self.batch: list[int] = []
+        self.batch_tokens = 0
+        self.rate: float | None = None  # tokens per call, once a throughput has been measured
+        self.last: list[dict[str, Any]] | None = None  # the latest call's payloads
+        self.stopped = False
+
+    def run(self, idx: Sequence[int]) -> None:
+        """One phase: its samples grouped by domain (in name order, corpus order inside), one
+        call per domain and round until every queue is empty or the time budget is spent."""
+        queues: dict[str | None, deque[int]] = {}
         left: dict[str | None, int] = {}  # tokens of each domain not yet in a call (this phase)
-        for i in sorted(idx, key=lambda i: (samples[i].domain or "", i)):
-            queues.setdefault(samples[i].domain, deque()).append(i)
-            left[samples[i].domain] = left.get(samples[i].domain, 0) + len(ids[i])
-        while queues and not stopped:
-            for domain in list(queues):  # one call per domain and round
-                if budget_s is not None and seconds >= budget_s and domain in calls_of:
-                    stopped = True  # (every domain's first call runs: each domain has rows)
+        for i in sorted(idx, key=lambda i: (self.samples[i].domain or "", i)):
+            queues.setdefault(self.samples[i].domain, deque()).append(i)
+            left[self.samples[i].domain] = left.get(self.samples[i].domain, 0) + len(self.ids[i])
+        while queues and not self.stopped:
+            for domain in list(queues):
+                if self.budget_s is not None and self.seconds >= self.budget_s and domain in self.calls_of:
+                    self.stopped = True  # (every domain's first call runs: each domain has rows)
                     break
                 queue = queues[domain]
-                while queue and not (batch and full(left[domain])):
+                while queue and not (self.batch and self._full(left[domain])):
                     i = queue.popleft()
-                    batch.append(i)
-                    batch_tokens += len(ids[i])
-                    left[domain] -= len(ids[i])
-                flush()
+                    self.batch.append(i)
+                    self.batch_tokens += len(self.ids[i])
+                    left[domain] -= len(self.ids[i])
+                self._call()
                 if not queue:
                     del queues[domain]
-    if int8_check and int8_result is None:
-        _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 0}))
-        int8_result = _int8_lifetime(collect(llm), thresholds)
 
-    # The last call's read holds the whole lifetime already (nothing ran since), unless the
-    # INT-8 check switched modes after it.
-    payloads = last if last is not None and not int8_check else collect(llm)
+    def _full(self, rest: int) -> bool:
+        """Whether the call is complete, ``rest`` tokens of its domain (this phase) being left."""
+        if self.batch_seconds is not None and self.first_call_tokens:
+            ramp = self.first_call_tokens << min(self.calls_of.get(self.samples[self.batch[0]].domain, 0), 40)
+            if self.batch_tokens >= ramp:
+                return True
+        if len(self.batch) < self.batch_samples:
+            return False
+        if self.batch_seconds is None:
+            return True
+        target = max(self.min_batch_tokens, self.rate or 0)
+        return self.batch_tokens >= target and rest >= target / 2
+
+    def _call(self) -> None:
+        """Run the batch as one engine call, read the window, add it to the call's domain."""
+        from vllm_maxact.api import collect
+
+        batch, ids = self.batch, self.ids
+        if not batch:
+            return
+        domain = self.samples[batch[0]].domain
+        hook = _finished_requests_hook([len(ids[i]) for i in batch], self.on_sample) if self.on_sample else False
+        t0 = time.perf_counter()
+        self.llm.generate([{"prompt_token_ids": ids[i]} for i in batch], self.params, use_tqdm=hook)
+        payloads = self.last = collect(self.llm)
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        _, win = concat_stages(payloads, "window")
+        key = domain or ""
+        self.per_domain[key] = union(self.per_domain[key], win) if key in self.per_domain else win
+        n_tok = sum(len(ids[i]) for i in batch)
+        self.tokens += n_tok
+        self.calls.append(Call(domain, len(batch), n_tok, dt))
+        self.calls_of[domain] = self.calls_of.get(domain, 0) + 1
+        self.lengths.extend(len(ids[i]) for i in batch)
+        self.domain_counts[key] = self.domain_counts.get(key, 0) + len(batch)
+        vals = [abs(v) for v in win["max"] + win["min"] if v is not None]
+        if vals:
+            self.gmax = max(self.gmax or 0.0, max(vals))
+        if self.on_progress:
+            self.on_progress(len(batch), n_tok, self.gmax)
+        if self.batch_seconds is not None and self.seconds > 0:
+            self.rate = self.tokens / self.seconds * self.batch_seconds
+        batch.clear()
+        self.batch_tokens = 0
+
+
+class _Int8Check:
+    """The INT-8 check's phases on the workers: calibrate (histograms), evaluate against the
+    calibration's thresholds, then record only."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.thresholds: dict[str, list[float]] | None = None
+        self.result: dict[str, Any] | None = None
+
+    def _mode(self, mode: int, **kwargs: Any) -> None:
+        _rpc_ok(self.llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": mode, **kwargs}))
+
+    def enter(self, phase: int) -> None:
+        from vllm_maxact.api import collect
+
+        if phase == 0:
+            self._mode(1, clear_hist=True)
+        elif phase == 1:
+            self.thresholds = _thresholds(collect(self.llm), self.llm.collective_rpc("maxact_int8_hist"))
+            self._mode(2, thresholds=self.thresholds)
+        elif phase == 2:
+            self._end()
+
+    def _end(self) -> None:
+        from vllm_maxact.api import collect
+
+        self._mode(0)
+        self.result = _int8_lifetime(collect(self.llm), self.thresholds)
+
+    def finish(self) -> dict[str, Any]:
+        if self.result is None:
+            self._end()
+        return self.result
+
+
+def _table(payloads: list[dict[str, Any]], per_domain: dict[str, dict[str, Any]],
+           int8_result: dict[str, Any] | None) -> pa.Table:
+    """The replay's rows: the whole corpus (the workers' lifetime, merged over ranks, per stage)
+    and each domain (its union of call windows), with format headroom and the INT-8 figures."""
     rows: list[dict[str, Any]] = []
     meta = dict(payloads[0])
     meta["time"] = time.time()
     stages = group_stages(payloads)
-    for stage in stages:
-        sites = stage[0]["sites"]
+    stage_sites = [st[0]["sites"] for st in stages]
+    for stage, sites in zip(stages, stage_sites, strict=True):
         merged = merge_ranks([p["lifetime"] for p in stage], sites)
         rows += rows_from_stats(meta, sites, merged, window="replay", rank=None)
-    if any(samples[i].domain for i in range(len(samples))):
-        stage_sites = [st[0]["sites"] for st in stages]
-        for domain, win in sorted(per_domain.items()):
-            if not domain:
-                continue
-            for sites, part in zip(stage_sites, split_stages(stage_sites, win), strict=True):
-                rows += rows_from_stats(meta, sites, part, window="replay", rank=None, domain=domain)
+    for domain, win in sorted(per_domain.items()):
+        if not domain:
+            continue
+        for sites, part in zip(stage_sites, split_stages(stage_sites, win), strict=True):
+            rows += rows_from_stats(meta, sites, part, window="replay", rank=None, domain=domain)
     for r in rows:
         r.update(headroom(r["absmax"]))
     if int8_result is not None:
         for r in rows:
             if r["domain"] is None:
                 r.update(int8_result.get(r["site"], {}))
-    table = pa.Table.from_pylist(rows, schema=replay_schema(int8_result is not None))
-    meta_int8 = {b"vllm_maxact.int8_calib_samples": str(n_cal).encode(),
-                 b"vllm_maxact.int8_eval_samples": str(n_eval).encode()} if int8_check else {}
-    replayed = sum(c.samples for c in calls)
-    table = table.replace_schema_metadata(
-        {**SCHEMA.metadata, b"vllm_maxact.samples": str(replayed).encode(),
-         b"vllm_maxact.samples_planned": str(len(samples)).encode(),
-         b"vllm_maxact.truncated": str(truncated).encode(), b"vllm_maxact.tokens": str(tokens).encode(),
-         **meta_int8}
-    )
-    result = ReplayResult(table, model, replayed, tokens, truncated, seconds, out, domain_counts,
-                          planned=len(samples), calls=calls, lengths=lengths)
-    if out is not None:
-        write_table(table, out)
-    return result
+    return pa.Table.from_pylist(rows, schema=replay_schema(int8_result is not None))
 
 
 def computed_tokens() -> int | None:
