@@ -128,3 +128,23 @@ def test_hot_path_choice_names_the_setting_and_the_device():
         with pytest.raises(ValueError, match=words) as e:
             choose(name, device)
         assert "VLLM_MAXACT_HOT_PATH" in str(e.value)
+
+
+def test_engine_settings_travel_in_the_vllm_config(monkeypatch):
+    """An engine's own settings (vLLM's additional_config) win over the environment for that
+    engine; an engine without them gets the environment's; a bad one is an error, not ignored."""
+    from types import SimpleNamespace
+
+    from vllm_maxact.config import ConfigError
+    from vllm_maxact.plugin import ENGINE_KEY, engine_config
+    from vllm_maxact.sites import Kind
+
+    monkeypatch.setenv("VLLM_MAXACT_KINDS", "residual")
+    monkeypatch.delenv("VLLM_MAXACT_INT8_CHECK", raising=False)
+    own = SimpleNamespace(additional_config={ENGINE_KEY: {"kinds": ["attn_in", "embedding"], "int8_check": True}})
+    cfg = engine_config(own)
+    assert cfg.kinds == (Kind.ATTN_IN, Kind.EMBEDDING) and cfg.int8_check
+    plain = engine_config(SimpleNamespace(additional_config={}))
+    assert plain.kinds == (Kind.RESIDUAL,) and not plain.int8_check
+    with pytest.raises(ConfigError, match="kinds"):
+        engine_config(SimpleNamespace(additional_config={ENGINE_KEY: {"kinds": ["nonsense"]}}))
