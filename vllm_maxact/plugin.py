@@ -72,7 +72,7 @@ def _is_vllm_helper_process() -> bool:
 
 
 def register() -> None:
-    from vllm_maxact.export.runtime import ensure_runtime_dir
+    from vllm_maxact.export.runtime import ensure_runtime_dir, is_ray_worker
 
     if _is_vllm_helper_process():
         return
@@ -89,8 +89,16 @@ def register() -> None:
     when_imported("vllm.v1.worker.gpu.model_runner", lambda m: _patch_runner(m.GPUModelRunner))
     when_imported("vllm.v1.worker.gpu_worker", lambda m: _patch_worker(m.Worker))
     when_imported("vllm.v1.worker.cpu_worker", lambda m: _patch_worker(m.CPUWorker))
+    # An engine core whose workers run on Ray pulls their statistics over vLLM's RPC.
+    when_imported("vllm.v1.engine.core", _patch_engine_core)
     if not cfg.enable:
         logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
+        return
+    if is_ray_worker():
+        # A Ray worker is never a front end (no runtime dir, exporter or snapshot writer), even
+        # with the driver's environment copied in: its statistics leave it as RPC replies.
+        logger.info("vllm-maxact %s: recording in a Ray worker; statistics relayed by its engine core",
+                    __version__)
         return
     # The front end of an instance (API server / script) creates the runtime dir and hands it
     # to the processes vLLM starts through the environment.
@@ -101,6 +109,12 @@ def register() -> None:
     from vllm_maxact.export import prometheus
 
     prometheus.install_front_end()
+
+
+def _patch_engine_core(mod: ModuleType) -> None:
+    from vllm_maxact.relay import patch_engine_core
+
+    patch_engine_core(mod)
 
 
 def engine_config() -> MaxActConfig:
