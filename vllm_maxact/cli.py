@@ -67,6 +67,29 @@ def _cpu_dtype(dtype: str | None) -> str | None:
     return "float32"
 
 
+def _data_parallel_engines(llm_cls, path: str, kwargs: dict, n: int) -> list:
+    """``n`` engines of one model in this process. On the CPU build, unless the user bound the
+    workers' threads, engine j computes on the j-th of ``n`` equal slices of this process's CPUs
+    (the CPU build's workers bind their OpenMP threads when they start, from the environment)."""
+    import torch
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    bind = not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" in os.environ and len(cpus) >= n
+    bind = bind and os.environ["VLLM_CPU_OMP_THREADS_BIND"] == cpu_list()  # our own default, not the user's
+    engines = []
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    try:
+        for j in range(n):
+            if bind:
+                part = cpus[j * len(cpus) // n:(j + 1) * len(cpus) // n]
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, part))
+            engines.append(llm_cls(path, **kwargs))
+    finally:
+        if saved is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+    return engines
+
+
 def cpu_list() -> str:
     """The CPUs this process may run on, as vLLM's CPU list syntax ("0-3,6")."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -106,6 +129,9 @@ def main() -> None:
               help="The fewest tokens in one engine call when --batch-seconds is set "
               "[default: 16 x the engine's max_num_batched_tokens].")
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
+@click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Spread the corpus over N engines (each engine call split N ways by tokens); the "
+              "statistics are merged exactly, as one engine's (on the CPU build each engine gets its own CPUs).")
 @click.option("--dtype", default=None,
               help="Engine dtype (default: the model's; float32 on x86 CPUs without AVX-512 BF16 or AMX).")
 @click.option("--max-model-len", type=int, default=None)
@@ -120,8 +146,8 @@ def main() -> None:
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, batch_seconds, min_batch_tokens,
-           tensor_parallel_size, dtype, max_model_len, engine_arg, int8_check, calib_samples, eval_samples, kinds, skip_bad,
-           quiet) -> None:
+           tensor_parallel_size, data_parallel, dtype, max_model_len, engine_arg, int8_check, calib_samples, eval_samples,
+           kinds, skip_bad, quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
     from rich.console import Console
 
@@ -171,7 +197,14 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, b
     if dtype is None and (dtype := _cpu_dtype(None)):
         console.print(f"This CPU has no bf16 matrix instructions (AVX-512 BF16 or AMX): replaying in {dtype}, "
                       "about 10x faster here than bf16 (pass --dtype bfloat16 to measure bf16 itself).")
-    llm = LLM(path, **_engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg))
+    kwargs = _engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg)
+    if data_parallel == 1:
+        llm = LLM(path, **kwargs)
+    else:
+        from vllm_maxact.data_parallel import EngineGroup
+
+        llm = EngineGroup(_data_parallel_engines(LLM, path, kwargs, data_parallel))
+        console.print(f"data parallel: {data_parallel} engines, statistics merged as one engine's")
 
     from tqdm import tqdm
 

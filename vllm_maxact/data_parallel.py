@@ -1,0 +1,170 @@
+"""Corpus replay spread over several vLLM engines (data parallel), merged exactly.
+
+`EngineGroup` stands where `run_replay` expects one `vllm.LLM`: each engine call is split
+into one contiguous shard per engine (balanced by tokens), the shards run at once, and every
+worker RPC goes to every engine, the recorder's replies merged into what one engine that had
+computed every token would have replied. So replay's batching, per-domain windows and INT-8
+phases stay as they are, and the table it writes is the single-engine table:
+
+- a site's max / min: the max / min over shards (exact);
+- tokens, NaN and Inf counts, INT-8 error sums and counts, the calibration histogram: sums
+  over shards (integers exact; the float64 error sums up to the order of one addition per
+  engine);
+- per-channel maxima: elementwise max (exact).
+
+Shards are merged per (pipeline stage, tensor-parallel rank), before replay merges ranks and
+stages as usual (by max for replicas, with the sharded gate's sums), so engines may themselves
+be tensor or pipeline parallel. The INT-8 check's thresholds come from the merged calibration
+(max and histogram) and go to every engine, so each shard is evaluated against the corpus-wide
+thresholds.
+
+Engines are `vllm.LLM` objects of this process, one engine core and its workers each; the
+replay drives them from one thread per engine (vLLM releases the GIL while its engine core
+computes). `vllm-maxact replay --data-parallel N` builds N of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+
+class ShardMismatch(ValueError):
+    """Engines whose workers describe different sites cannot be merged."""
+
+
+def _pick(f, values):
+    vals = [v for v in values if v is not None]
+    return f(vals) if vals else None
+
+
+def merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One window of the same sites seen by disjoint token sets (shards): extrema by max/min,
+    counts summed."""
+    out: dict[str, Any] = {
+        "max": [_pick(max, col) for col in zip(*(p["max"] for p in parts), strict=True)],
+        "min": [_pick(min, col) for col in zip(*(p["min"] for p in parts), strict=True)],
+        "nan": [sum(col) for col in zip(*(p["nan"] for p in parts), strict=True)],
+        "inf": [sum(col) for col in zip(*(p["inf"] for p in parts), strict=True)],
+        "tokens": sum(p["tokens"] for p in parts),
+        "start": min(p["start"] for p in parts),
+        "end": max(p["end"] for p in parts),
+    }
+    channels: dict[str, list] = {}
+    for p in parts:
+        for site, values in (p.get("channels") or {}).items():
+            if site not in channels:
+                channels[site] = list(values)
+            else:
+                channels[site] = [_pick(max, (a, b)) for a, b in zip(channels[site], values, strict=True)]
+    if channels:
+        out["channels"] = channels
+    return out
+
+
+def _sum_nested(parts: Sequence[Any]) -> list:
+    return np.sum([np.asarray(p) for p in parts], axis=0).tolist()
+
+
+def merge_int8(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"thresholds": parts[0]["thresholds"]}
+    for window in ("lifetime", "recent", "window"):
+        got = [p.get(window) for p in parts]
+        if all(g is not None for g in got):
+            out[window] = {"acc": _sum_nested([g["acc"] for g in got]), "cnt": _sum_nested([g["cnt"] for g in got])}
+    return out
+
+
+def merge_payloads(per_engine: Sequence[Sequence[dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """Each engine's ``maxact_collect`` replies (one per worker) -> one reply per (stage, rank),
+    as if one engine had computed all the shards' tokens."""
+    slots: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for replies in per_engine:
+        for p in replies:
+            if p:
+                slots.setdefault((p.get("pp_rank", 0), p.get("tp_rank", 0)), []).append(p)
+    merged = []
+    for key in sorted(slots):
+        parts = slots[key]
+        if len(parts) != len(per_engine):
+            raise ShardMismatch(f"stage {key[0]} rank {key[1]}: {len(parts)} of {len(per_engine)} engines replied")
+        if any(p["sites"] != parts[0]["sites"] for p in parts):
+            raise ShardMismatch(f"stage {key[0]} rank {key[1]}: the engines record different sites")
+        out = dict(parts[0])
+        for window in ("lifetime", "recent", "window"):
+            if all(window in p for p in parts):
+                out[window] = merge_stats([p[window] for p in parts])
+        if all(p.get("int8") for p in parts):
+            out["int8"] = merge_int8([p["int8"] for p in parts])
+        out["engines"] = len(parts)
+        merged.append(out)
+    return merged
+
+
+def merge_hists(per_engine: Sequence[Sequence[dict[str, Any] | None]]) -> list[dict[str, Any] | None]:
+    """``maxact_int8_hist`` replies: counts summed per (stage, rank)."""
+    slots: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for replies in per_engine:
+        for h in replies:
+            if h:
+                slots.setdefault((h.get("pp_rank", 0), h.get("tp_rank", 0)), []).append(h)
+    return [{**parts[0], "hist": _sum_nested([h["hist"] for h in parts])} for _, parts in sorted(slots.items())]
+
+
+#: Worker methods whose replies are statistics of the engine's tokens: merged over shards.
+#: Every other method's replies are listed engine after engine.
+MERGES: dict[str, Callable[[Sequence[Sequence[Any]]], list]] = {
+    "maxact_collect": merge_payloads,
+    "maxact_int8_hist": merge_hists,
+}
+
+
+def shard(lengths: Sequence[int], n: int) -> list[range]:
+    """``n`` contiguous index ranges with about equal token sums (no empty one unless there are
+    fewer items than engines)."""
+    total = sum(lengths)
+    bounds, acc, k = [0], 0, 1
+    for i, length in enumerate(lengths):
+        acc += length
+        while k < n and acc >= total * k / n and len(lengths) - (i + 1) >= n - k:
+            bounds.append(i + 1)
+            k += 1
+    while len(bounds) < n:
+        bounds.append(len(lengths))
+    bounds.append(len(lengths))
+    return [range(bounds[j], bounds[j + 1]) for j in range(n)]
+
+
+class EngineGroup:
+    """Several `vllm.LLM` engines of one model that `run_replay` drives as one."""
+
+    def __init__(self, engines: Sequence[Any]) -> None:
+        if not engines:
+            raise ValueError("an engine group needs at least one engine")
+        self.engines = list(engines)
+        self.llm_engine = self.engines[0].llm_engine  # configuration (prefix caching, limits)
+        self._pool = ThreadPoolExecutor(len(self.engines), thread_name_prefix="vllm-maxact-dp")
+
+    def get_tokenizer(self):
+        return self.engines[0].get_tokenizer()
+
+    def generate(self, prompts: Sequence[Any], params=None, use_tqdm: bool = False) -> list:
+        lengths = [len(p.get("prompt_token_ids", ())) if isinstance(p, dict) else len(str(p)) for p in prompts]
+        parts = shard(lengths, len(self.engines))
+        futures = [self._pool.submit(e.generate, [prompts[i] for i in part], params, use_tqdm=False)
+                   for e, part in zip(self.engines, parts, strict=True) if len(part)]
+        return [o for f in futures for o in f.result()]
+
+    def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list:
+        futures = [self._pool.submit(e.collective_rpc, method, timeout=timeout, args=args, kwargs=kwargs)
+                   for e in self.engines]
+        replies = [f.result() for f in futures]
+        merge = MERGES.get(method)
+        return merge(replies) if merge else [r for rs in replies for r in rs]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
