@@ -105,15 +105,19 @@ def test_two_engines_replay_what_one_engine_replays(tiny_factory, monkeypatch):
     b = {(r["domain"], r["site"]): r for r in spread.table.to_pylist()}
     assert set(a) == set(b)
     assert len({d for d, _ in a}) >= 5  # whole-corpus rows and per-domain rows
-    exact = ("max", "min", "absmax", "tokens", "nan_count", "inf_count", "int8_threshold", "int8_p999_threshold")
+    # Exact: extrema, counts, the thresholds (merged calibration maxima and histograms) and the
+    # clip rates (integer counts).
+    exact = ("max", "min", "absmax", "tokens", "nan_count", "inf_count", "int8_threshold", "int8_p999_threshold",
+             "int8_clip_rate", "int8_p999_clip_rate")
     bad = [f"{k} {c}: one engine {a[k][c]!r}, two {b[k][c]!r}" for k in a for c in exact if a[k][c] != b[k][c]]
     assert not bad, "\n".join(bad[:20])
-    # INT-8 error sums are float64 sums over the tokens: the two shards' sums add up in another
-    # order than one engine's running sum (one addition per shard).
-    int8 = [c for c in single.table.column_names if c.startswith("int8_") and not c.endswith("threshold")]
+    # The INT-8 error sums: each step's sum is taken in the activations' dtype on the device, then
+    # added to a float64 accumulator, so they depend on which tokens share a step, as in any other
+    # batching of one engine (seen: 2.6e-8 relative); the merge itself adds the shards' sums.
+    int8 = [c for c in single.table.column_names if c.startswith("int8_") and c not in exact]
     assert int8
     off = [f"{k} {c}: {a[k][c]!r} vs {b[k][c]!r}" for k in a for c in int8
            if not (a[k][c] is None and b[k][c] is None)
-           and not (a[k][c] is not None and b[k][c] is not None and math.isclose(a[k][c], b[k][c], rel_tol=1e-9, abs_tol=1e-12))]
+           and not (a[k][c] is not None and b[k][c] is not None and math.isclose(a[k][c], b[k][c], rel_tol=1e-6, abs_tol=1e-9))]
     assert not off, "\n".join(off[:20])
     assert sum(r["int8_sqnr_db"] is not None for r in single.table.to_pylist()) > 0
