@@ -64,7 +64,7 @@ class Relay:
     def after_step(self, model_executed: bool) -> None:
         if model_executed:
             self.dirty = True
-        if self.pending is not None and self.pending.done():
+        if self.pending is not None and _landed(self.pending):
             self._finish()
         if self.pending is None and time.monotonic() >= self.next_pull:
             self._start(collect=False)
@@ -138,6 +138,22 @@ class Relay:
         self.error = msg
 
 
+def _landed(fut) -> bool:
+    """Whether a non-blocking pull's replies are in. vLLM's default Ray executor (and the
+    multiprocessing one) completes its futures in order as the engine drains them; the legacy Ray
+    executor's future wraps Ray object refs and completes only when asked, so ask Ray."""
+    if fut.done():
+        return True
+    refs = getattr(fut, "ref_or_refs", None)
+    if refs is None:
+        return False
+    import ray
+
+    refs = list(refs) if isinstance(refs, list | tuple) else [refs]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    return len(ready) == len(refs)
+
+
 def relayed(p: dict[str, Any], relay_errors: int = 0) -> dict[str, Any]:
     """A worker's payload as the engine core publishes it: the engine core's pid (alive here, as
     long as the engine is) and the worker's own pid and node kept apart."""
@@ -187,7 +203,8 @@ def patch_engine_core(mod) -> None:
     @functools.wraps(original_shutdown)
     def shutdown(self, *args, **kwargs):
         relay = getattr(self, "_maxact_relay", None)
-        if relay is not None:
+        # A failed executor may never answer (a dead worker): then nothing more is asked of it.
+        if relay is not None and not getattr(self.model_executor, "is_failed", False):
             self._maxact_relay = None
             if relay.pending is not None:
                 relay._finish()
