@@ -100,6 +100,8 @@ def bitwise(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     extra = ["--prompts", "48", "--min-len", "8", "--max-len", "1900", "--out-tokens", "48", "--repeat", "2",
              "--solo", "4", "--stats"]
+    if args.inproc:
+        extra.append("--inproc")
     jobs = []
     for cfg in args.configs.split(","):
         name, layers, runner, eager = CONFIGS[cfg]
@@ -219,6 +221,9 @@ def main() -> None:
     b.add_argument("--repeat-default", action="store_true", help="plain and instrumented twice for llama-v2")
     b.add_argument("--only-repeat", action="store_true", help="only the second plain / instrumented processes")
     b.add_argument("--parallel", type=int, default=2, help="engines at once")
+    b.add_argument("--inproc", action=argparse.BooleanOptionalAction, default=True,
+                   help="engine core in the child process, every prompt queued before the first step "
+                        "(with an engine-core process, batch composition depends on timing)")
     b.add_argument("--previous", default=None, help="a folder with earlier off/on results to compare with")
     t = sub.add_parser("timing")
     t.add_argument("--model", default="llama3-8b")

@@ -161,7 +161,11 @@ LAYERS = {"gemma2": 2}
 #: float32; Gemma 3 multimodal's layer-3 mlp_out 22% off the bf16 reference on the CPU build,
 #: within the float32 reference's tolerance as float32 (CPU, 2026-12-03). Overrides the dtype of
 #: MAXACT_TEST_ENGINE_ARGS.
-ENGINE_DTYPE = {"qwen2_5_vl": "float32", "gemma3_mm": "float32"}
+# Mixtral: compiled bf16, the tiny model's last layer (|mlp_out| ~ 500 from a 4-layer random net)
+# lands 7% off transformers on one residual minimum (-494 vs -532; eager bf16 and compiled float32
+# both agree with transformers), vLLM's compiled MoE arithmetic, not the recording: in float32 the
+# same compiled engine and recorder match. bf16 MoE recording stays covered by qwen3_moe.
+ENGINE_DTYPE = {"qwen2_5_vl": "float32", "gemma3_mm": "float32", "mixtral": "float32"}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,12 @@
 """With the plugin on, vLLM serves bit for bit what it serves with the plugin off.
 
 Each engine runs in a fresh process (tests/scripts/served_outputs.py), so the switch
-(``VLLM_MAXACT_ENABLE``) and the compile cache cannot leak between the two. Compared: every
+(``VLLM_MAXACT_ENABLE``) and the compile cache cannot leak between the two. The engine core runs
+in that process (``--inproc``): with vLLM's default engine-core process, the offline client hands
+the prompts over one by one while the core already steps, so under load (two tests at once on a
+2-core CI machine) the first steps hold fewer prompts and plain vLLM itself served different
+decode logprobs from one run to the next; in process, every prompt is queued before the first
+step and plain repeats itself bit for bit (asserted below). Compared: every
 prompt logprob (``prompt_logprobs=1``), every sampled token and its logprob, greedy, for the
 prompts batched (first run after start-up and a later one) and alone. The instrumented engine
 must also have recorded (a recorder that records nothing is trivially invisible), and the plain
@@ -33,15 +38,14 @@ def serve(model: str, out: Path, *, plugin: bool, eager: bool = False, hot_path:
           extra: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "VLLM_MAXACT_ENABLE": "1" if plugin else "0"}
     env.pop("VLLM_MAXACT_HOT_PATH", None)
-    # The default publish interval (the suite's 0.5 s moved one decode logprob in 120 on the CPU
-    # build, as plain vLLM's own batching does: see benchmarks/RESULTS.md).
-    env.pop("VLLM_MAXACT_PUBLISH_INTERVAL_S", None)
+    # Publish often: collecting and publishing between steps must not move a bit either.
+    env["VLLM_MAXACT_PUBLISH_INTERVAL_S"] = "0.1"
     if hot_path:
         env["VLLM_MAXACT_HOT_PATH"] = hot_path
     if hot_path == "triton":
         env["TRITON_INTERPRET"] = "1"  # the GPU default's kernel, run by Triton's interpreter
     cmd = [sys.executable, str(SCRIPT), "--model", model, "--out", str(out), "--dtype", "bfloat16",
-           "--max-num-batched-tokens", "512", "--max-model-len", "1024", "--stats", *extra]
+           "--max-num-batched-tokens", "512", "--max-model-len", "1024", "--stats", "--inproc", *extra]
     if eager:
         cmd.append("--eager")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

@@ -1,8 +1,8 @@
 """`run_replay` on the real SmolLM2-135M: the whole-corpus rows and every domain's rows equal a
 transformers-hooks reference over exactly that domain's tokens, whatever the batching (one
 batch per domain; batches of 2 samples; a first batch of 2, then batches sized by measured
-throughput; batches of a minimum token count with a short remainder merged; the defaults), and
-pre-tokenized ids give the same rows as text."""
+throughput; batches of a minimum token count with a short remainder merged; the defaults), with
+the domains taking turns, and vLLM's per-request progress hook ticks once per sample."""
 
 from __future__ import annotations
 
@@ -49,12 +49,20 @@ def test_replay_rows_per_domain_match_reference_for_any_batching(smollm2_dir, sm
             "default": dict(token_ids=ids),
         }.items():
             calls: list[int] = []
-            res = run_replay(llm, samples, model="smollm2", on_progress=lambda n, t, g, calls=calls: calls.append(n), **kw)
-            runs[name] = (res, calls)
+            ticks: list[int] = []
+            res = run_replay(llm, samples, model="smollm2", on_progress=lambda n, t, g, calls=calls: calls.append(n),
+                             on_sample=ticks.append, **kw)
+            # vLLM's per-request progress hook: one tick per sample, the call's tokens at its end.
+            assert len(ticks) == len(samples) and sorted(ticks) == sorted(map(len, ids)), name
+            assert calls == [c.samples for c in res.calls], name
+            # Domains take turns; within a domain, calls come in corpus order: compare the calls
+            # domain by domain.
+            runs[name] = (res, [c.samples for c in sorted(res.calls, key=lambda c: c.domain)])
     finally:
         close_llm(llm)
 
     # The batching each setting asks for (samples per engine call, domain by domain).
+    assert [c.domain for c in runs["per_domain"][0].calls] == sorted(by_domain)
     sizes = {d: len(ix) for d, ix in sorted(by_domain.items())}
     assert runs["per_domain"][1] == list(sizes.values())
     assert runs["pairs"][1] == [m for n in sizes.values() for m in [2] * (n // 2) + [n % 2] if m]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
+import time
 from pathlib import Path
 
 import click
@@ -108,6 +108,42 @@ def main() -> None:
     """Measure activation ranges inside vLLM: replay corpora, report, compare, export scales."""
 
 
+#: The default replay on a CPU (no --samples, --full, --buckets or --int8-check, built-in corpus):
+#: a fixed stratified sample that gives a complete result a few minutes after install on a
+#: 2-core machine: every domain, QUICK_PER_DOMAIN samples each (seeded), their first
+#: QUICK_MAX_TOKENS tokens. About 15k tokens, some 20 s of replay there after about 2 minutes of
+#: model conversion and engine start (benchmarks/RESULTS.md). A safety net for slower or busier
+#: machines: no engine call starts QUICK_DEADLINE_S after the command started (but the replay
+#: gets at least QUICK_MIN_REPLAY_S, and every domain its first call), and the summary says when
+#: that cut the sample.
+QUICK_PER_DOMAIN = 4
+QUICK_MAX_TOKENS = 512
+QUICK_DEADLINE_S = 150.0
+QUICK_MIN_REPLAY_S = 15.0
+
+
+#: Tokens an engine step computes at most, replaying on a CPU (vLLM's default there: 4,096):
+#: the same prompt tokens/s within noise, steps four times as short (benchmarks/RESULTS.md).
+CPU_STEP_TOKENS = 1024
+
+
+class _SamplesType(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).strip().lower() == "all":
+            return "all"
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of samples nor 'all'", param, ctx)
+        if n < 1:
+            self.fail(f"{n} is not a positive number of samples", param, ctx)
+        return n
+
+
 @main.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Local folder, hub id, or bundled alias (smollm2-135m, gemma3-270m).")
@@ -115,19 +151,29 @@ def main() -> None:
               help="builtin, FILE.jsonl, FILE.parquet, a folder of .txt files, or hf:NAME.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Arrow file to write [default: maxact-<model>.arrow].")
-@click.option("--samples", type=int, default=None, help="Use N samples (deterministic with --seed).")
+@click.option("--full", is_flag=True,
+              help="The whole corpus, every sample at full length (the default on GPUs and for your own corpora).")
+@click.option("--samples", type=_SamplesType(), default=None,
+              help="Use N samples (deterministic with --seed), or 'all' (= --full). Without it, --full or "
+              f"--buckets, a CPU replays {QUICK_PER_DOMAIN} samples of every domain of the built-in corpus, "
+              f"their first {QUICK_MAX_TOKENS} tokens.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-tokens", type=int, default=None, help="Truncate every sample to this many tokens.")
 @click.option("--buckets", default=None,
               help="Length buckets 'TOKENS:PERCENT,...'; 'study' = 256:1,512:1,1024:2,2048:3,4096:93.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="The fewest samples in one engine call (with --batch-seconds 0: exactly this many).")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Start no engine call after the replay has run this long, but each domain's first (every "
+              "domain is covered); the result covers the samples replayed (the default sample on a CPU: until "
+              f"{QUICK_DEADLINE_S:.0f} s after the command started, at least {QUICK_MIN_REPLAY_S:.0f} s).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="The fewest samples in one engine call (with --batch-seconds 0: exactly this many) "
+              "[default: 32 on GPUs, 1 on CPUs].")
 @click.option("--batch-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Size engine calls to take about this long (each ends with the engine drained); "
               "0 = every call --batch-size samples.")
 @click.option("--min-batch-tokens", type=click.IntRange(min=0), default=None,
               help="The fewest tokens in one engine call when --batch-seconds is set "
-              "[default: 16 x the engine's max_num_batched_tokens].")
+              "[default: 16 x the engine's max_num_batched_tokens on GPUs, 0 on CPUs].")
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
 @click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=1, show_default=True,
               help="Spread the corpus over N engines (each engine call split N ways by tokens); the "
@@ -145,20 +191,36 @@ def main() -> None:
               "'default,attn_in,mlp_in' adds per-channel input maxima (for --format smoothquant).")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, batch_seconds, min_batch_tokens,
-           tensor_parallel_size, data_parallel, dtype, max_model_len, engine_arg, int8_check, calib_samples, eval_samples,
-           kinds, skip_bad, quiet) -> None:
-    """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary."""
+def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget, batch_size, batch_seconds,
+           min_batch_tokens, tensor_parallel_size, data_parallel, dtype, max_model_len, engine_arg, int8_check, calib_samples,
+           eval_samples, kinds, skip_bad, quiet) -> None:
+    """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary.
+
+    With no selection (--samples, --full, --buckets, --int8-check) on a CPU, a stratified sample
+    of the built-in corpus: a complete result in a few minutes; --full replays all of it."""
+    started = time.monotonic()
     from rich.console import Console
 
     from vllm_maxact import corpus as corpus_mod
-    from vllm_maxact import models, summary
+    from vllm_maxact import models
     from vllm_maxact.export.arrow import safe_name
-    from vllm_maxact.replay import ReplayError, check_writable, run_replay
+    from vllm_maxact.progress import ReplayProgress
+    from vllm_maxact.replay import ReplayError, check_writable, computed_tokens, run_replay
 
     console = Console(stderr=True)
+    if full and samples not in (None, "all"):
+        raise click.UsageError("--full replays every sample; drop --samples N or --full")
+    if samples == "all":
+        samples, full = None, True
+    quick = (corpus == corpus_mod.BUILTIN and not full and samples is None and not buckets and not int8_check
+             and not _has_cuda())
     try:
-        data = corpus_mod.load_corpus(corpus, samples=samples, seed=seed, skip_bad=skip_bad)
+        if quick:
+            available = corpus_mod.load_corpus(corpus)
+            data = corpus_mod.Corpus(corpus_mod.stratified(available, QUICK_PER_DOMAIN, seed), source=corpus,
+                                     available=len(available))
+        else:
+            data = corpus_mod.load_corpus(corpus, samples=samples, seed=seed, skip_bad=skip_bad)
     except corpus_mod.CorpusError as e:
         raise click.ClickException(str(e)) from None
     targets = None
@@ -168,6 +230,8 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, b
             targets = corpus_mod.bucket_plan(len(data), corpus_mod.parse_buckets(spec), seed)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--buckets") from None
+    if quick and not max_tokens:
+        max_tokens = QUICK_MAX_TOKENS
     if max_tokens:
         targets = [min(t, max_tokens) for t in targets] if targets else [max_tokens] * len(data)
     out = out or Path(f"maxact-{safe_name(Path(model).name if os.path.isdir(model) else model)}.arrow")
@@ -193,11 +257,19 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, b
     _cpu_defaults()
     from vllm import LLM
 
-    console.print(f"[bold]vllm-maxact replay[/bold]: {model} on {corpus} ({len(data)} samples)")
+    what = (f"{len(data)} of {data.available} samples ({QUICK_PER_DOMAIN} per domain, first {max_tokens} tokens "
+            "each; --full for all)" if quick else f"{len(data)} samples")
+    console.print(f"[bold]vllm-maxact replay[/bold]: {model} on {corpus}: {what}")
     if dtype is None and (dtype := _cpu_dtype(None)):
         console.print(f"This CPU has no bf16 matrix instructions (AVX-512 BF16 or AMX): replaying in {dtype}, "
                       "about 10x faster here than bf16 (pass --dtype bfloat16 to measure bf16 itself).")
     kwargs = _engine_kwargs(tensor_parallel_size, dtype, max_model_len, engine_arg)
+    if not _has_cuda():
+        # The bar moves at each engine step inside a long sample; vLLM's CPU default (4,096
+        # tokens a step) makes a step at 8k-token context take tens of seconds on 2 cores.
+        kwargs.setdefault("max_num_batched_tokens", CPU_STEP_TOKENS)
+    if model.strip().lower() in models.BUNDLED:  # the files and plots name the alias, not its cache folder
+        kwargs.setdefault("served_model_name", model)
     if data_parallel == 1:
         llm = LLM(path, **kwargs)
     else:
@@ -206,38 +278,92 @@ def replay(model, corpus, out, samples, seed, max_tokens, buckets, batch_size, b
         llm = EngineGroup(_data_parallel_engines(LLM, path, kwargs, data_parallel))
         console.print(f"data parallel: {data_parallel} engines, statistics merged as one engine's")
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(data), unit="sample", disable=quiet, dynamic_ncols=True, file=sys.stderr)
-    tok = [0]
-
-    def progress(n_samples: int, n_tokens: int, gmax: float | None) -> None:
-        tok[0] += n_tokens
-        rate = tok[0] / max(bar.format_dict["elapsed"], 1e-9)
-        bar.set_postfix_str(f"{rate:,.0f} tok/s, max |x| {gmax:,.1f}" if gmax else f"{rate:,.0f} tok/s")
-        bar.update(n_samples)
-
+    # On a CPU a step's cost follows its tokens, so short engine calls waste next to nothing:
+    # calls of about --batch-seconds from the first few samples of each domain on (the bar and
+    # the running maximum move within seconds, the first round sees every domain). On a GPU a
+    # call's end costs a part-filled step: calls of at least 16 steps and 32 samples.
+    gpu = _has_cuda()
+    first_call = None
+    if batch_size is None:
+        batch_size = 32 if gpu else 1
+    if not gpu:
+        steps = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        first_call = min(steps, max_tokens or steps)
+        if min_batch_tokens is None:
+            min_batch_tokens = 0
+    if budget is None and quick:
+        budget = max(QUICK_MIN_REPLAY_S, QUICK_DEADLINE_S - (time.monotonic() - started))
+    progress = ReplayProgress(disable=quiet, computed=computed_tokens)
     try:
         result = run_replay(llm, data, model=model, targets=targets, batch_samples=batch_size,
-                            batch_seconds=batch_seconds or None, min_batch_tokens=min_batch_tokens, out=out,
-                            on_progress=progress, int8_check=int8_check, calib_samples=calib_samples,
-                            eval_samples=eval_samples)
+                            batch_seconds=batch_seconds or None, min_batch_tokens=min_batch_tokens,
+                            first_call_tokens=first_call, budget_s=budget, out=out, on_start=progress.start,
+                            on_sample=progress.sample, on_progress=progress.call, int8_check=int8_check,
+                            calib_samples=calib_samples, eval_samples=eval_samples)
     except ReplayError as e:
         raise click.ClickException(str(e)) from None
     finally:
-        bar.close()
+        progress.close()
+    full_run = None
+    if quick:  # what the whole corpus would take here, at the rate just measured
+        from vllm_maxact.progress import estimate_seconds
+
+        limit = llm.llm_engine.vllm_config.model_config.max_model_len - 1
+        texts = [s.text for s in available]
+        lengths = [min(len(t), limit) for t in llm.get_tokenizer()(texts).input_ids]
+        full_run = (len(texts), sum(lengths),
+                    estimate_seconds(lengths, measured_lengths=result.lengths, measured_seconds=result.seconds))
+    _replay_summary(result, data, model=model, out=out, quick=quick, max_tokens=max_tokens, budget=budget,
+                    full_run=full_run, int8_check=int8_check)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _replay_summary(result, data, *, model, out, quick, max_tokens, budget, full_run, int8_check) -> None:
+    """The end of a replay, on one screen: what ran, the maxima, and the commands to go on with."""
+    import shlex
+
+    from rich.console import Console
+
+    from vllm_maxact import summary
+    from vllm_maxact.progress import minutes
+
+    domains = sorted(d for d in result.domains if d)
+    ran = f"{result.samples:,} of {result.planned:,} samples" if not result.complete else f"{result.samples:,} samples"
+    if quick:
+        ran += f" of {data.available:,} ({QUICK_PER_DOMAIN} per domain, first {max_tokens} tokens each)"
     extra = {
-        "samples / tokens": f"{result.samples:,} / {result.tokens:,}",
-        "throughput": f"{result.tokens_per_s:,.0f} prompt tok/s (excluding start-up)",
-        "truncated samples": f"{result.truncated} (longer than the model allows; cut to its limit)",
-        "arrow": str(out),
+        "replayed": f"{ran}, {result.tokens:,} tokens" + (f", {len(domains)} domains" if domains else ""),
+        "throughput": f"{result.tokens_per_s:,.0f} prompt tok/s (start-up excluded)",
     }
+    if not result.complete:
+        extra["stopped"] = (f"time budget ({budget:.0f} s) reached: the sample depends on this machine's speed; "
+                            "pass --budget to change it")
+    if result.truncated:
+        extra["truncated"] = f"{result.truncated} samples longer than the model allows (cut to its limit)"
     if data.problems:
         extra["skipped corpus records"] = f"{len(data.problems)} (e.g. {data.problems[0]})"
-    summary.render(result.table, title=f"{model}: activation ranges", extra=extra, console=Console())
+    extra["arrow"] = str(out)
+    console = Console()
+    summary.render(result.table, title=f"{model}: activation ranges", extra=extra, console=console, top=0,
+                   compact=True)
     if int8_check:
-        summary.render_int8(result.table, console=Console())
-
+        summary.render_int8(result.table, console=console)
+    f = shlex.quote(str(out))
+    other = "gemma3-270m" if model != "gemma3-270m" else DEFAULT_MODEL
+    steps = [(f"vllm-maxact report {f}", "HTML page and PNG plots"),
+             (f"vllm-maxact scales {f} --out scales.json", "static INT-8 / FP8 scales per site"),
+             (f"vllm-maxact replay --model {other}", "another model, then side by side:"),
+             (f"vllm-maxact compare {f} maxact-{other}.arrow", "")]
+    if full_run is not None:
+        n, tok, sec = full_run
+        steps.append(("vllm-maxact replay --full", f"the whole corpus: {n} samples, {tok:,} tokens, about "
+                                                     f"{minutes(sec)} here"))
+    summary.render_next_steps(steps, console=console)
 
 
 @main.command()

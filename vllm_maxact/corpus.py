@@ -175,6 +175,21 @@ def subsample(samples: Sequence[Sample], n: int | None, seed: int = 0) -> list[S
     return [samples[i] for i in keep]
 
 
+def stratified(samples: Sequence[Sample], per_domain: int, seed: int = 0) -> list[Sample]:
+    """``per_domain`` samples of every domain (all of a smaller one), a deterministic random
+    choice per domain (``random.Random(seed)``, domains in name order), in corpus order."""
+    if isinstance(per_domain, bool) or not isinstance(per_domain, int) or per_domain < 1:
+        raise CorpusError(f"per_domain must be a positive integer, got {per_domain!r}")
+    by_domain: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_domain.setdefault(s.domain or "", []).append(i)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for _, idx in sorted(by_domain.items()):
+        keep += idx if len(idx) <= per_domain else rng.sample(idx, per_domain)
+    return [samples[i] for i in sorted(keep)]
+
+
 def domain_counts(samples: Iterable[Sample]) -> dict[str | None, int]:
     """Samples per domain, most common first (for run summaries)."""
     return dict(Counter(s.domain for s in samples).most_common())

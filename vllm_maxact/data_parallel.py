@@ -151,10 +151,12 @@ class EngineGroup:
     def get_tokenizer(self):
         return self.engines[0].get_tokenizer()
 
-    def generate(self, prompts: Sequence[Any], params=None, use_tqdm: bool = False) -> list:
+    def generate(self, prompts: Sequence[Any], params=None, use_tqdm: Any = False) -> list:
+        """``use_tqdm`` (replay's per-request progress hook) goes to every engine: each engine's
+        finished requests are credited as they finish, the total is the call's."""
         lengths = [len(p.get("prompt_token_ids", ())) if isinstance(p, dict) else len(str(p)) for p in prompts]
         parts = shard(lengths, len(self.engines))
-        futures = [self._pool.submit(e.generate, [prompts[i] for i in part], params, use_tqdm=False)
+        futures = [self._pool.submit(e.generate, [prompts[i] for i in part], params, use_tqdm=use_tqdm)
                    for e, part in zip(self.engines, parts, strict=True) if len(part)]
         return [o for f in futures for o in f.result()]
 

@@ -1,15 +1,18 @@
 """Offline corpus replay on `vllm.LLM`: the measurement run before deployment.
 
 Every sample is run prompt-only (one forward over its tokens, no decoding) with prefix caching
-off, so every token of the corpus is computed and observed exactly once. Samples are grouped by
-domain; the recorder's window is read after each batch, which yields per-domain maxima (a
-union over batches) next to the whole-corpus lifetime.
+off, so every token of the corpus is computed and observed exactly once. An engine call never
+mixes domains; the recorder's window is read after each call, which yields per-domain maxima (a
+union over calls) next to the whole-corpus lifetime. Calls take the domains in turn (one call of
+each, then the next round): a replay stopped by its time budget has seen every domain, and the
+throughput measured early is that of the corpus's mix.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,19 +37,37 @@ class ReplayError(RuntimeError):
 
 
 @dataclass
+class Call:
+    """One engine call of a replay: its domain, samples, prompt tokens and seconds (the
+    ``generate`` call and the window read after it)."""
+
+    domain: str | None
+    samples: int
+    tokens: int
+    seconds: float
+
+
+@dataclass
 class ReplayResult:
     table: pa.Table
     model: str
-    samples: int
+    samples: int  # replayed (fewer than ``planned`` when the time budget stopped the replay)
     tokens: int
     truncated: int
     seconds: float  # forward time only (engine start-up excluded)
     out: Path | None = None
     domains: dict[str, int] = field(default_factory=dict)
+    planned: int = 0  # samples given
+    calls: list[Call] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # prompt tokens of each replayed sample
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def complete(self) -> bool:
+        return self.samples == self.planned
 
 
 def check_writable(path: Path) -> None:
@@ -103,8 +124,12 @@ def run_replay(
     batch_samples: int = 32,
     batch_seconds: float | None = 10.0,
     min_batch_tokens: int | None = None,
+    first_call_tokens: int | None = None,
+    budget_s: float | None = None,
     token_ids: Sequence[Sequence[int]] | None = None,
     out: Path | None = None,
+    on_start: Callable[[list[int]], None] | None = None,
+    on_sample: Callable[[int], None] | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
     int8_check: bool = False,
     calib_samples: int = 128,
@@ -112,17 +137,29 @@ def run_replay(
 ) -> ReplayResult:
     """Replay ``samples`` through an already built ``llm`` (plugin active, prefix caching off).
 
-    Batches (one ``generate`` call each) never mix domains. Every batch ends with the engine
-    drained and the window read, a fixed cost (a part-filled last step, the ramp-up of the next
-    call, one RPC) that a fast GPU would otherwise pay every few hundred milliseconds; so, with
-    ``batch_seconds`` set, a batch holds at least ``batch_samples`` samples and at least
-    ``min_batch_tokens`` tokens (default: 16 full scheduler steps, ``max_num_batched_tokens``
-    each), later batches are sized to take about ``batch_seconds`` at the throughput measured so
-    far, and a domain's remainder shorter than half a batch joins the batch before it rather
-    than making a short one of its own. The progress callback still comes every few seconds.
-    ``batch_seconds=None`` keeps every batch at ``batch_samples`` samples. ``token_ids`` (one
-    list per sample) skips tokenization, e.g. for pre-tokenized corpora or engines built with
-    ``skip_tokenizer_init``."""
+    Engine calls (one ``generate`` each) never mix domains and take the domains in turn. Every
+    call ends with the engine drained and the window read, a fixed cost (a part-filled last
+    step, the ramp-up of the next call, one RPC) that a fast GPU would otherwise pay every few
+    hundred milliseconds; so, with ``batch_seconds`` set, a call holds at least ``batch_samples``
+    samples and at least ``min_batch_tokens`` tokens (default: 16 full scheduler steps,
+    ``max_num_batched_tokens`` each), later calls are sized to take about ``batch_seconds`` at
+    the throughput measured so far, and a domain's remainder shorter than half a call joins the
+    call before it rather than making a short one of its own. ``batch_seconds=None`` keeps every
+    call at ``batch_samples`` samples. ``token_ids`` (one list per sample) skips tokenization,
+    e.g. for pre-tokenized corpora or engines built with ``skip_tokenizer_init``.
+
+    ``first_call_tokens`` (with ``batch_seconds``): a domain's first call closes once it holds
+    this many tokens and its k-th once it holds ``2**k`` times as many, whatever the rules above
+    ask, so the first results come seconds after the engine is ready, the first round sees every
+    domain soon, and the rules take over after a few calls. ``budget_s``: once the calls so far
+    took this long, no call starts but a domain's first, so every domain has rows; the result
+    covers the samples replayed (``result.samples`` < ``result.planned``).
+
+    Callbacks: ``on_start(lengths)`` once, with every sample's token count after truncation;
+    ``on_sample(tokens)`` as each sample's forward finishes, during a call (vLLM's per-request
+    progress hook; samples are credited in the order they were queued, which is the order a
+    prompt-only call finishes them in, so the token count is exact at each call's end);
+    ``on_progress(samples, tokens, gmax)`` after each call, with the running global max."""
     from vllm import SamplingParams
 
     from vllm_maxact.api import collect
@@ -131,6 +168,8 @@ def run_replay(
         raise ReplayError("the corpus is empty: nothing to replay")
     if llm.llm_engine.vllm_config.cache_config.enable_prefix_caching:
         raise ReplayError("prefix caching is on: cached tokens are never computed, so they would not be observed")
+    if int8_check and budget_s is not None:
+        raise ReplayError("the INT-8 check needs its whole calibration and evaluation split: no time budget with it")
     limit = llm.llm_engine.vllm_config.model_config.max_model_len - 1
     if token_ids is not None and len(token_ids) != len(samples):
         raise ReplayError(f"{len(token_ids)} token-id lists for {len(samples)} samples")
@@ -141,6 +180,8 @@ def run_replay(
     if min_batch_tokens is None:
         steps = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
         min_batch_tokens = MIN_BATCH_STEPS * steps
+    if on_start:
+        on_start([len(t) for t in ids])
     collect(llm, reset=True)  # also checks that the plugin is recording
     # One output token, never detokenized: only the prompt's forward is of interest.
     params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
@@ -155,29 +196,37 @@ def run_replay(
     int8_result: dict[str, Any] | None = None
     per_domain: dict[str, dict[str, Any]] = {}
     domain_counts: dict[str, int] = {}
+    calls: list[Call] = []
+    calls_of: dict[str | None, int] = {}  # calls so far per domain
+    lengths: list[int] = []
     tokens = 0
     seconds = 0.0
     gmax: float | None = None
     batch: list[int] = []
     batch_tokens = 0
-    budget: float | None = None  # tokens per batch, once a throughput has been measured
-    last: list[dict[str, Any]] | None = None  # the latest batch's payloads
+    budget: float | None = None  # tokens per call, once a throughput has been measured
+    last: list[dict[str, Any]] | None = None  # the latest call's payloads
 
     def flush() -> None:
         nonlocal tokens, seconds, gmax, batch_tokens, budget, last
         if not batch:
             return
         domain = samples[batch[0]].domain
+        hook = _finished_requests_hook([len(ids[i]) for i in batch], on_sample) if on_sample else False
         t0 = time.perf_counter()
-        llm.generate([{"prompt_token_ids": ids[i]} for i in batch], params, use_tqdm=False)
+        llm.generate([{"prompt_token_ids": ids[i]} for i in batch], params, use_tqdm=hook)
         payloads = last = collect(llm)
-        seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        seconds += dt
         stages = _stage_windows(payloads)
         for win in stages:
             key = domain or ""
             per_domain[key] = _union(per_domain[key], win) if key in per_domain else win
         n_tok = sum(len(ids[i]) for i in batch)
         tokens += n_tok
+        calls.append(Call(domain, len(batch), n_tok, dt))
+        calls_of[domain] = calls_of.get(domain, 0) + 1
+        lengths.extend(len(ids[i]) for i in batch)
         domain_counts[domain or ""] = domain_counts.get(domain or "", 0) + len(batch)
         for win in stages:
             vals = [abs(v) for v in win["max"] + win["min"] if v is not None]
@@ -191,7 +240,11 @@ def run_replay(
         batch_tokens = 0
 
     def full(rest: int) -> bool:
-        """Whether the batch is complete, ``rest`` tokens of its domain (this phase) being left."""
+        """Whether the call is complete, ``rest`` tokens of its domain (this phase) being left."""
+        if batch_seconds is not None and first_call_tokens:
+            ramp = first_call_tokens << min(calls_of.get(samples[batch[0]].domain, 0), 40)
+            if batch_tokens >= ramp:
+                return True
         if len(batch) < batch_samples:
             return False
         if batch_seconds is None:
@@ -199,6 +252,7 @@ def run_replay(
         target = max(min_batch_tokens, budget or 0)
         return batch_tokens >= target and rest >= target / 2
 
+    stopped = False
     for phase, idx in enumerate(phases):
         if int8_check and phase == 0:
             _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 1, "clear_hist": True}))
@@ -208,21 +262,30 @@ def run_replay(
         if int8_check and phase == 2:
             _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 0}))
             int8_result = _int8_lifetime(collect(llm), thresholds)
-        left: dict[str | None, int] = {}  # tokens of each domain not yet batched (this phase)
-        for i in idx:
-            left[samples[i].domain] = left.get(samples[i].domain, 0) + len(ids[i])
+        queues: dict[str | None, deque[int]] = {}  # per domain (in name order), corpus order inside
+        left: dict[str | None, int] = {}  # tokens of each domain not yet in a call (this phase)
         for i in sorted(idx, key=lambda i: (samples[i].domain or "", i)):
-            if batch and (samples[i].domain != samples[batch[0]].domain or full(left[samples[i].domain])):
+            queues.setdefault(samples[i].domain, deque()).append(i)
+            left[samples[i].domain] = left.get(samples[i].domain, 0) + len(ids[i])
+        while queues and not stopped:
+            for domain in list(queues):  # one call per domain and round
+                if budget_s is not None and seconds >= budget_s and domain in calls_of:
+                    stopped = True  # (every domain's first call runs: each domain has rows)
+                    break
+                queue = queues[domain]
+                while queue and not (batch and full(left[domain])):
+                    i = queue.popleft()
+                    batch.append(i)
+                    batch_tokens += len(ids[i])
+                    left[domain] -= len(ids[i])
                 flush()
-            batch.append(i)
-            batch_tokens += len(ids[i])
-            left[samples[i].domain] -= len(ids[i])
-        flush()
+                if not queue:
+                    del queues[domain]
     if int8_check and int8_result is None:
         _rpc_ok(llm.collective_rpc("maxact_int8", kwargs={"token": caller_token(), "mode": 0}))
         int8_result = _int8_lifetime(collect(llm), thresholds)
 
-    # The last batch's read holds the whole lifetime already (nothing ran since), unless the
+    # The last call's read holds the whole lifetime already (nothing ran since), unless the
     # INT-8 check switched modes after it.
     payloads = last if last is not None and not int8_check else collect(llm)
     rows: list[dict[str, Any]] = []
@@ -252,15 +315,64 @@ def run_replay(
     table = pa.Table.from_pylist(rows, schema=replay_schema(int8_result is not None))
     meta_int8 = {b"vllm_maxact.int8_calib_samples": str(n_cal).encode(),
                  b"vllm_maxact.int8_eval_samples": str(n_eval).encode()} if int8_check else {}
+    replayed = sum(c.samples for c in calls)
     table = table.replace_schema_metadata(
-        {**SCHEMA.metadata, b"vllm_maxact.samples": str(len(samples)).encode(),
+        {**SCHEMA.metadata, b"vllm_maxact.samples": str(replayed).encode(),
+         b"vllm_maxact.samples_planned": str(len(samples)).encode(),
          b"vllm_maxact.truncated": str(truncated).encode(), b"vllm_maxact.tokens": str(tokens).encode(),
          **meta_int8}
     )
-    result = ReplayResult(table, model, len(samples), tokens, truncated, seconds, out, domain_counts)
+    result = ReplayResult(table, model, replayed, tokens, truncated, seconds, out, domain_counts,
+                          planned=len(samples), calls=calls, lengths=lengths)
     if out is not None:
         write_table(table, out)
     return result
+
+
+def computed_tokens() -> int | None:
+    """Prompt tokens the engine built in this process has computed since ``run_replay`` started,
+    as its workers last published them (their recorders' lifetime count, at most one engine
+    step behind), or None before they publish: progress within a call, even within one long
+    sample, at each step."""
+    from vllm_maxact.export.runtime import instance_dir, read_payloads
+
+    counts = [p["lifetime"]["tokens"] for p in read_payloads(instance_dir()) if p.get("lifetime")]
+    return max(counts) if counts else None
+
+
+def _finished_requests_hook(lengths: Sequence[int], on_sample: Callable[[int], None]) -> Callable[..., Any]:
+    """vLLM's ``use_tqdm`` argument (a progress-bar factory) turned into one ``on_sample(tokens)``
+    per finished request, ``lengths`` being the call's prompt lengths in queue order.
+
+    vLLM makes one bar per call (``total=`` the request count) and ``update()``s it per finished
+    request; it may also wrap an iterable (rendering prompts), which passes through untouched.
+    Anything else vLLM calls on its bar is accepted and ignored."""
+    queued = iter(lengths)
+
+    class _Bar:
+        def __init__(self, **kwargs: Any) -> None:
+            self.n = 0
+            self.total = kwargs.get("total")
+            self.postfix = None
+            self._t0 = time.perf_counter()
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            return {"elapsed": max(time.perf_counter() - self._t0, 1e-9), "n": self.n, "total": self.total}
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+            for _ in range(n):
+                on_sample(next(queued, 0))
+
+        def __getattr__(self, name: str) -> Any:  # refresh, close, set_postfix, ...
+            return lambda *a, **k: None
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        iterable = args[0] if args else kwargs.get("iterable")
+        return iterable if iterable is not None else _Bar(**kwargs)
+
+    return factory
 
 
 INT8_FIGURES = ("mae", "rmse", "rel_mae", "rel_rmse", "sqnr_db", "clip_rate")

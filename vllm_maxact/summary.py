@@ -55,8 +55,16 @@ def per_domain(table: pa.Table) -> dict[str, tuple[float, str]]:
     return out
 
 
-def render(table: pa.Table, *, title: str = "", extra: dict[str, Any] | None = None, console=None) -> None:
-    """Print the summary: global max and its site, per-kind maxima, top sites, format flags."""
+def _fp16_fits(m: float) -> str:
+    # an all-zero model (every site 0) fits with unbounded headroom
+    return f"fits fp16 ({FP16_MAX / m:,.1f}x headroom)" if m > 0 else "fits fp16 (every value 0)"
+
+
+def render(table: pa.Table, *, title: str = "", extra: dict[str, Any] | None = None, console=None, top: int = 10,
+           compact: bool = False) -> None:
+    """Print the summary: global max and its site, per-kind maxima, the ``top`` sites, format
+    flags, and the global max per domain. ``compact``: tables without borders (fewer lines)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -65,39 +73,63 @@ def render(table: pa.Table, *, title: str = "", extra: dict[str, Any] | None = N
     if m is None:
         console.print("[yellow]no finite values were recorded[/yellow]")
         return
-    head = Table(title=title or "activation ranges", show_header=False)
-    head.add_row("global max |x| (M)", f"{m:,.1f}", f"at {site}")
-    if m > FP16_MAX:
-        flag = "[red]OVERFLOWS fp16 (65,504)[/red]"
-    else:  # an all-zero model (every site 0) fits with unbounded headroom
-        flag = f"fits fp16 ({FP16_MAX / m:,.1f}x headroom)" if m > 0 else "fits fp16 (every value 0)"
-    head.add_row("fp16", flag, "")
-    fp8 = "[red]exceeds FP8 E4M3 (448)[/red]" if m > FP8_E4M3_MAX else "fits FP8 E4M3 (448)"
-    head.add_row("fp8 e4m3", fp8, "needs per-tensor scaling" if m > FP8_E4M3_MAX else "")
-    for k, v in (extra or {}).items():
-        head.add_row(k, str(v), "")
+    style = {"box": box.SIMPLE_HEAD, "show_edge": False, "title_justify": "left"} if compact else {}
+    if compact:
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="bold")
+        head.add_column(overflow="fold")
+        console.print(f"[bold]{title or 'activation ranges'}[/bold]")
+        fp16 = "[red]overflows fp16 (65,504)[/red]" if m > FP16_MAX else _fp16_fits(m)
+        fp8 = "[red]exceeds FP8 E4M3 (448): needs per-tensor scaling[/red]" if m > FP8_E4M3_MAX else "fits FP8 E4M3 (448)"
+        head.add_row("global max |x| (M)", f"[bold]{m:,.1f}[/bold] at [bold]{site}[/bold]; {fp16}; {fp8}")
+        for k, v in (extra or {}).items():
+            head.add_row(k, str(v))
+    else:
+        head = Table(title=title or "activation ranges", show_header=False)
+        head.add_row("global max |x| (M)", f"{m:,.1f}", f"at {site}")
+        flag = "[red]OVERFLOWS fp16 (65,504)[/red]" if m > FP16_MAX else _fp16_fits(m)
+        head.add_row("fp16", flag, "")
+        fp8 = "[red]exceeds FP8 E4M3 (448)[/red]" if m > FP8_E4M3_MAX else "fits FP8 E4M3 (448)"
+        head.add_row("fp8 e4m3", fp8, "needs per-tensor scaling" if m > FP8_E4M3_MAX else "")
+        for k, v in (extra or {}).items():
+            head.add_row(k, str(v), "")
     console.print(head)
-    kinds = Table(title="maxima per kind")
+    kinds = Table(title="maxima per kind", **style)
     for col in ("kind", "absmax", "site", "sites", "non-finite"):
         kinds.add_column(col, justify="right" if col in ("absmax", "sites", "non-finite") else "left")
     for r in per_kind(table):
         kinds.add_row(r["kind"], f"{r['absmax']:,.2f}", r["site"], str(r["sites"]), str(r["nonfinite"]))
     console.print(kinds)
-    top = Table(title="top sites")
-    for col in ("site", "absmax", "max", "min"):
-        top.add_column(col, justify="left" if col == "site" else "right")
-    for r in top_sites(table):
-        top.add_row(r["site"], f"{r['absmax']:,.2f}", f"{r['max']:,.2f}", f"{r['min']:,.2f}")
-    console.print(top)
+    if top:
+        tops = Table(title="top sites", **style)
+        for col in ("site", "absmax", "max", "min"):
+            tops.add_column(col, justify="left" if col == "site" else "right")
+        for r in top_sites(table, top):
+            tops.add_row(r["site"], f"{r['absmax']:,.2f}", f"{r['max']:,.2f}", f"{r['min']:,.2f}")
+        console.print(tops)
     dom = per_domain(table)
     if dom:
-        d = Table(title="global max per domain")
+        d = Table(title="global max per domain", **style)
         d.add_column("domain")
         d.add_column("M", justify="right")
         d.add_column("site")
         for name, (v, s) in sorted(dom.items(), key=lambda kv: -kv[1][0]):
             d.add_row(name, f"{v:,.1f}", s)
         console.print(d)
+
+
+def render_next_steps(steps: list[tuple[str, str]], *, console=None) -> None:
+    """The commands to go on with, one a line, each with its purpose as a shell comment (pasteable
+    whole); long lines are left to the terminal to wrap, never broken."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    console.print("[bold]Next:[/bold]")
+    width = min(max(len(c) for c, _ in steps), 60)
+    for command, what in steps:
+        note = f"  [dim]# {escape(what)}[/dim]" if what else ""
+        console.print(f"  {escape(command.ljust(width) if note else command)}{note}", soft_wrap=True, highlight=False)
 
 
 def int8_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -128,7 +128,15 @@ def main() -> None:
     ap.add_argument("--timing", default="", help="comma-separated workloads to time (WORKLOADS)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--stats", action="store_true", help="also read the recorded statistics")
+    ap.add_argument("--inproc", action="store_true",
+                    help="engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): every prompt is "
+                         "queued before the first step, so batch composition does not depend on timing")
     args = ap.parse_args()
+    if args.inproc:
+        # The offline client hands prompts one by one to an engine-core process that is already
+        # stepping: under load its first steps hold fewer of them, and on the CPU build the batch
+        # shape changes the arithmetic (plain vLLM alone then differs from run to run).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
     from vllm import LLM, SamplingParams
 
