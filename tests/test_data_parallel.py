@@ -9,7 +9,14 @@ import os
 
 import pytest
 
-from vllm_maxact.data_parallel import EngineGroup, ShardMismatch, merge_hists, merge_payloads, shard
+from vllm_maxact.data_parallel import (
+    EngineGroup,
+    ShardMismatch,
+    VllmDataParallel,
+    merge_hists,
+    merge_payloads,
+    shard,
+)
 
 
 def _payload(tp=0, pp=0, mx=(1.0, None), mn=(-2.0, None), tokens=5, nan=(0, 1), acc=0.5, chan=None):
@@ -99,7 +106,24 @@ def test_two_engines_replay_what_one_engine_replays(tiny_factory, monkeypatch):
     finally:
         for e in engines:
             close_llm(e)
+    _assert_same_table(single, spread)
 
+    # vLLM's own data parallel: one front end, two engine cores, vLLM balancing the requests.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(c) for c in cpus[:2]))
+    dp = VllmDataParallel(model, 2, max_model_len=1024, max_num_batched_tokens=512, max_num_seqs=64,
+                          enable_prefix_caching=False, **engine_kw)
+    try:
+        balanced = run_replay(dp, samples, token_ids=ids, **kw)
+        replies = dp.engine.engine_core  # both engines computed a share (vLLM balanced the calls)
+        shares = dp._run(replies.call_utility_all_async("collective_rpc", "maxact_collect", None, (), None))
+        assert [len(r) for r in shares] == [1, 1]
+        assert all(r[0]["lifetime"]["tokens"] > 0 for r in shares), [r[0]["lifetime"]["tokens"] for r in shares]
+    finally:
+        dp.close()
+    _assert_same_table(single, balanced)
+
+
+def _assert_same_table(single, spread) -> None:
     assert spread.tokens == single.tokens and spread.samples == single.samples
     a = {(r["domain"], r["site"]): r for r in single.table.to_pylist()}
     b = {(r["domain"], r["site"]): r for r in spread.table.to_pylist()}

@@ -25,6 +25,7 @@ computes). `vllm-maxact replay --data-parallel N` builds N of them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -170,3 +171,73 @@ class EngineGroup:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class VllmDataParallel:
+    """vLLM's own data parallel (``AsyncLLM`` with ``data_parallel_size=N``: one front end, N
+    engine cores that vLLM load-balances requests over) behind the interface `run_replay`
+    expects. Worker RPCs go to every engine through the engine client's
+    ``call_utility_all_async`` (its ``collective_rpc`` returns the first engine's replies only)
+    and are merged like `EngineGroup`'s. The asyncio engine runs on a loop thread of its own."""
+
+    def __init__(self, model: str, data_parallel_size: int, **engine_kwargs: Any) -> None:
+        import asyncio
+        import threading
+        from types import SimpleNamespace
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-maxact-dp-loop", daemon=True)
+        self._thread.start()
+        args = AsyncEngineArgs(model, data_parallel_size=data_parallel_size, **engine_kwargs)
+
+        async def make():
+            return AsyncLLM.from_engine_args(args)
+
+        self.engine = self._run(make())
+        self.llm_engine = SimpleNamespace(vllm_config=self.engine.vllm_config)
+        self._calls = 0
+
+    def _run(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get_tokenizer(self):
+        return self.engine.get_tokenizer()
+
+    def generate(self, prompts: Sequence[Any], params=None, use_tqdm: Any = False) -> list:
+        import asyncio
+
+        self._calls += 1
+        tag = f"maxact-replay-{os.getpid()}-{self._calls}"
+        bar = use_tqdm(total=len(prompts)) if callable(use_tqdm) else None
+
+        async def one(i: int, prompt: Any):
+            final = None
+            async for out in self.engine.generate(prompt, params, request_id=f"{tag}-{i}"):
+                final = out
+            if bar is not None:
+                bar.update(1)
+            return final
+
+        async def every():
+            return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+
+        return list(self._run(every()))
+
+    def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list:
+        replies = self._run(self.engine.engine_core.call_utility_all_async("collective_rpc", method, timeout,
+                                                                           args, kwargs))
+        merge = MERGES.get(method)
+        return merge(replies) if merge else [r for rs in replies for r in rs]
+
+    def close(self) -> None:
+        try:
+            self.engine.shutdown()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
