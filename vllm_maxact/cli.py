@@ -176,8 +176,10 @@ class _SamplesType(click.ParamType):
               "[default: 16 x the engine's max_num_batched_tokens on GPUs, 0 on CPUs].")
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
 @click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Spread the corpus over N engines (each engine call split N ways by tokens); the "
-              "statistics are merged exactly, as one engine's (on the CPU build each engine gets its own CPUs).")
+              help="Spread the corpus over N engines; the statistics are merged exactly, as one engine's.")
+@click.option("--dp-engines", type=click.Choice(["vllm", "separate"]), default="vllm", show_default=True,
+              help="With --data-parallel: vLLM's own data parallel (one front end, vLLM balances requests), or N "
+              "separate engines, each engine call split N ways by tokens (on the CPU build each on its own CPUs).")
 @click.option("--dtype", default=None,
               help="Engine dtype (default: the model's; float32 on x86 CPUs without AVX-512 BF16 or AMX).")
 @click.option("--max-model-len", type=int, default=None)
@@ -192,7 +194,7 @@ class _SamplesType(click.ParamType):
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget, batch_size, batch_seconds,
-           min_batch_tokens, tensor_parallel_size, data_parallel, dtype, max_model_len, engine_arg, int8_check, calib_samples,
+           min_batch_tokens, tensor_parallel_size, data_parallel, dp_engines, dtype, max_model_len, engine_arg, int8_check, calib_samples,
            eval_samples, kinds, skip_bad, quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary.
 
@@ -272,11 +274,16 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
         kwargs.setdefault("served_model_name", model)
     if data_parallel == 1:
         llm = LLM(path, **kwargs)
+    elif dp_engines == "vllm":
+        from vllm_maxact.data_parallel import VllmDataParallel
+
+        llm = VllmDataParallel(path, data_parallel, **kwargs)
+        console.print(f"data parallel: vLLM's, {data_parallel} engines, statistics merged as one engine's")
     else:
         from vllm_maxact.data_parallel import EngineGroup
 
         llm = EngineGroup(_data_parallel_engines(LLM, path, kwargs, data_parallel))
-        console.print(f"data parallel: {data_parallel} engines, statistics merged as one engine's")
+        console.print(f"data parallel: {data_parallel} separate engines, statistics merged as one engine's")
 
     # On a CPU a step's cost follows its tokens, so short engine calls waste next to nothing:
     # calls of about --batch-seconds from the first few samples of each domain on (the bar and
@@ -315,6 +322,8 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
                     estimate_seconds(lengths, measured_lengths=result.lengths, measured_seconds=result.seconds))
     _replay_summary(result, data, model=model, out=out, quick=quick, max_tokens=max_tokens, budget=budget,
                     full_run=full_run, int8_check=int8_check)
+    if hasattr(llm, "close"):  # the data-parallel engines: shut down before the interpreter exits
+        llm.close()
 
 
 def _has_cuda() -> bool:

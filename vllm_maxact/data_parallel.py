@@ -236,8 +236,17 @@ class VllmDataParallel:
         return merge(replies) if merge else [r for rs in replies for r in rs]
 
     def close(self) -> None:
+        """Shut the engines down now, while the interpreter can (vLLM's own ``__del__`` at exit
+        finds its module globals gone and prints a TypeError)."""
+        import gc
+
+        engine = self.__dict__.pop("engine", None)
+        if engine is None:
+            return
         try:
-            self.engine.shutdown()
+            engine.shutdown()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+            del engine
+            gc.collect()
