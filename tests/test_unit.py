@@ -135,8 +135,7 @@ def test_engine_settings_travel_in_the_vllm_config(monkeypatch):
     engine; an engine without them gets the environment's; a bad one is an error, not ignored."""
     from types import SimpleNamespace
 
-    from vllm_maxact.config import ConfigError
-    from vllm_maxact.plugin import ENGINE_KEY, engine_config
+    from vllm_maxact.config import ENGINE_KEY, ConfigError, engine_config
     from vllm_maxact.sites import Kind
 
     monkeypatch.setenv("VLLM_MAXACT_KINDS", "residual")

@@ -68,6 +68,29 @@ def _cpu_dtype(dtype: str | None) -> str | None:
     return "float32"
 
 
+def _data_parallel_engines(llm_cls, path: str, kwargs: dict, n: int) -> list:
+    """``n`` engines of one model in this process. On the CPU build, unless the user bound the
+    workers' threads, engine j computes on the j-th of ``n`` equal slices of this process's CPUs
+    (the CPU build's workers bind their OpenMP threads when they start, from the environment)."""
+    import torch
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    bind = not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" in os.environ and len(cpus) >= n
+    bind = bind and os.environ["VLLM_CPU_OMP_THREADS_BIND"] == cpu_list()  # our own default, not the user's
+    engines = []
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    try:
+        for j in range(n):
+            if bind:
+                part = cpus[j * len(cpus) // n:(j + 1) * len(cpus) // n]
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, part))
+            engines.append(llm_cls(path, **kwargs))
+    finally:
+        if saved is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+    return engines
+
+
 def cpu_list() -> str:
     """The CPUs this process may run on, as vLLM's CPU list syntax ("0-3,6")."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -153,6 +176,11 @@ class _SamplesType(click.ParamType):
               help="The fewest tokens in one engine call when --batch-seconds is set "
               "[default: 16 x the engine's max_num_batched_tokens on GPUs, 0 on CPUs].")
 @click.option("--tensor-parallel-size", "-tp", type=int, default=None)
+@click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Spread the corpus over N engines; the statistics are merged exactly, as one engine's.")
+@click.option("--dp-engines", type=click.Choice(["vllm", "separate"]), default="vllm", show_default=True,
+              help="With --data-parallel: vLLM's own data parallel (one front end, vLLM balances requests), or N "
+              "separate engines, each engine call split N ways by tokens (on the CPU build each on its own CPUs).")
 @click.option("--dtype", default=None,
               help="Engine dtype (default: the model's; float32 on x86 CPUs without AVX-512 BF16 or AMX).")
 @click.option("--max-model-len", type=int, default=None)
@@ -167,7 +195,7 @@ class _SamplesType(click.ParamType):
 @click.option("--skip-bad", is_flag=True, help="Skip malformed corpus lines (listed) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget, batch_size, batch_seconds,
-           min_batch_tokens, tensor_parallel_size, dtype, max_model_len, engine_arg, int8_check, calib_samples,
+           min_batch_tokens, tensor_parallel_size, data_parallel, dp_engines, dtype, max_model_len, engine_arg, int8_check, calib_samples,
            eval_samples, kinds, skip_bad, quiet) -> None:
     """Run a corpus prompt-only through vLLM with recording on; write an Arrow file and a summary.
 
@@ -246,9 +274,21 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
         kwargs.setdefault("max_num_batched_tokens", CPU_STEP_TOKENS)
     if model.strip().lower() in models.BUNDLED:  # the files and plots name the alias, not its cache folder
         kwargs.setdefault("served_model_name", model)
-    from vllm_maxact.plugin import ENGINE_KEY
+    from vllm_maxact.config import ENGINE_KEY
 
-    llm = LLM(path, additional_config={ENGINE_KEY: settings}, **kwargs)
+    kwargs["additional_config"] = {**kwargs.get("additional_config", {}), ENGINE_KEY: settings}
+    if data_parallel == 1:
+        llm = LLM(path, **kwargs)
+    elif dp_engines == "vllm":
+        from vllm_maxact.data_parallel import VllmDataParallel
+
+        llm = VllmDataParallel(path, data_parallel, **kwargs)
+        console.print(f"data parallel: vLLM's, {data_parallel} engines, statistics merged as one engine's")
+    else:
+        from vllm_maxact.data_parallel import EngineGroup
+
+        llm = EngineGroup(_data_parallel_engines(LLM, path, kwargs, data_parallel))
+        console.print(f"data parallel: {data_parallel} separate engines, statistics merged as one engine's")
 
     # On a CPU a step's cost follows its tokens, so short engine calls waste next to nothing:
     # calls of about --batch-seconds from the first few samples of each domain on (the bar and
@@ -287,6 +327,8 @@ def replay(model, corpus, out, full, samples, seed, max_tokens, buckets, budget,
                     estimate_seconds(lengths, measured_lengths=result.lengths, measured_seconds=result.seconds))
     _replay_summary(result, data, model=model, out=out, quick=quick, max_tokens=max_tokens, budget=budget,
                     full_run=full_run, int8_check=int8_check)
+    if hasattr(llm, "close"):  # the data-parallel engines: shut down before the interpreter exits
+        llm.close()
 
 
 def _has_cuda() -> bool:

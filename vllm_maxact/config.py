@@ -177,3 +177,29 @@ def load_config(**overrides: Any) -> MaxActConfig:
 def get_config() -> MaxActConfig:
     """The process-wide configuration, validated once."""
     return load_config()
+
+
+#: The key of vLLM's ``additional_config`` that carries settings for one engine.
+ENGINE_KEY = "vllm_maxact"
+
+
+def engine_settings(vllm_config) -> dict:
+    """Settings given to one engine (``LLM(..., additional_config={"vllm_maxact": {...}})``, or
+    ``--additional-config`` on ``vllm serve``): vLLM hands its config to every worker (local
+    processes, Ray actors on other nodes), so this is how `vllm-maxact replay` passes its
+    choices (sites, the INT-8 check) to the workers, rather than through the environment."""
+    extra = getattr(vllm_config, "additional_config", None) if vllm_config is not None else None
+    settings = extra.get(ENGINE_KEY) if isinstance(extra, dict) else None
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def engine_config(vllm_config=None) -> MaxActConfig:
+    """The configuration for an engine being built now: the file and the environment as they
+    are at this moment (so that ``VLLM_MAXACT_ENABLE`` set around one engine of a process applies
+    to that engine), then the engine's own settings (`engine_settings`) over them."""
+    try:
+        return load_config(**engine_settings(vllm_config))
+    except Exception:  # noqa: BLE001  (validated at start; a later bad edit keeps the start's values)
+        if engine_settings(vllm_config):
+            raise  # the engine's own settings are wrong: say so, rather than run without them
+        return get_config()

@@ -15,7 +15,7 @@ import time
 from types import ModuleType
 
 from vllm_maxact import __version__
-from vllm_maxact.config import MaxActConfig, get_config, load_config
+from vllm_maxact.config import engine_config, get_config
 from vllm_maxact.importhooks import when_imported
 
 logger = logging.getLogger("vllm_maxact")
@@ -30,7 +30,7 @@ def _is_vllm_helper_process() -> bool:
 
 
 def register() -> None:
-    from vllm_maxact.export.runtime import ensure_runtime_dir
+    from vllm_maxact.export.runtime import ensure_runtime_dir, is_ray_worker
 
     if _is_vllm_helper_process():
         return
@@ -47,8 +47,16 @@ def register() -> None:
     when_imported("vllm.v1.worker.gpu.model_runner", lambda m: _patch_runner(m.GPUModelRunner))
     when_imported("vllm.v1.worker.gpu_worker", lambda m: _patch_worker(m.Worker))
     when_imported("vllm.v1.worker.cpu_worker", lambda m: _patch_worker(m.CPUWorker))
+    # An engine core whose workers run on Ray pulls their statistics over vLLM's RPC.
+    when_imported("vllm.v1.engine.core", _patch_engine_core)
     if not cfg.enable:
         logger.info("vllm-maxact: disabled (VLLM_MAXACT_ENABLE=0)")
+        return
+    if is_ray_worker():
+        # A Ray worker is never a front end (no runtime dir, exporter or snapshot writer), even
+        # with the driver's environment copied in: its statistics leave it as RPC replies.
+        logger.info("vllm-maxact %s: recording in a Ray worker; statistics relayed by its engine core",
+                    __version__)
         return
     # The front end of an instance (API server / script) creates the runtime dir and hands it
     # to the processes vLLM starts through the environment.
@@ -61,30 +69,10 @@ def register() -> None:
     prometheus.install_front_end()
 
 
-#: The key of vLLM's ``additional_config`` that carries settings for one engine.
-ENGINE_KEY = "vllm_maxact"
+def _patch_engine_core(mod: ModuleType) -> None:
+    from vllm_maxact.relay import patch_engine_core
 
-
-def engine_settings(vllm_config) -> dict:
-    """Settings given to one engine (``LLM(..., additional_config={"vllm_maxact": {...}})``, or
-    ``--additional-config`` on ``vllm serve``): vLLM hands its config to every worker (local
-    processes, Ray actors on other nodes), so this is how `vllm-maxact replay` passes its
-    choices (sites, the INT-8 check) to the workers, rather than through the environment."""
-    extra = getattr(vllm_config, "additional_config", None) if vllm_config is not None else None
-    settings = extra.get(ENGINE_KEY) if isinstance(extra, dict) else None
-    return dict(settings) if isinstance(settings, dict) else {}
-
-
-def engine_config(vllm_config=None) -> MaxActConfig:
-    """The configuration for an engine being built now: the file and the environment as they
-    are at this moment (so that ``VLLM_MAXACT_ENABLE`` set around one engine of a process applies
-    to that engine), then the engine's own settings (`engine_settings`) over them."""
-    try:
-        return load_config(**engine_settings(vllm_config))
-    except Exception:  # noqa: BLE001  (validated at start; a later bad edit keeps the start's values)
-        if engine_settings(vllm_config):
-            raise  # the engine's own settings are wrong: say so, rather than run without them
-        return get_config()
+    patch_engine_core(mod)
 
 
 def compiled(vllm_config) -> bool:

@@ -4,6 +4,8 @@ The model runs in a worker process; `/metrics` is served by the API server. Work
 their statistics as small JSON files (written atomically) in a runtime directory that every
 process of one vLLM instance shares through the environment; the API server's collector reads
 them at scrape time. Files, not sockets: nothing to bind, nothing lost if a reader restarts.
+A Ray worker has no such directory (it may be on another node): its publisher only collects,
+and the engine core relays its payloads over vLLM's RPC (`vllm_maxact.relay`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ def rank_info() -> dict[str, int]:
     return info
 
 
+def node_info() -> dict[str, str]:
+    """Where this worker runs, when that is not the front end's machine (a Ray worker)."""
+    from vllm_maxact.export.runtime import is_ray_worker
+
+    if not is_ray_worker():
+        return {}
+    try:
+        import ray
+
+        return {"node": str(ray.get_runtime_context().get_node_id())}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
 def model_name(vllm_config) -> str:
     mc = vllm_config.model_config
     served = getattr(mc, "served_model_name", None)
@@ -65,6 +81,7 @@ def payload(rec: Recorder, vllm_config) -> dict[str, Any]:
         "time": time.time(),
         "window_s": rec.window_s,
         **rank_info(),
+        **node_info(),
         "sites": [s.name for s in rec.sites],
         "lifetime": to_wire(rec.lifetime),
         "recent": to_wire(rec.recent()),

@@ -4,7 +4,9 @@ A span's statistics per site: largest and smallest finite value, NaN and Inf cou
 for channel sites the per-channel max |x|. They are merged four ways:
 
 - **over time** (consecutive spans of one engine) and **over data-parallel shards** (engines that
-  saw disjoint samples): `union` / `Stats.merge`; extrema of extrema, counts and tokens add up;
+  saw disjoint samples): `union` / `Stats.merge`; extrema of extrema, counts and tokens add up
+  (`merge_shard_payloads` / `merge_shard_hists`: whole worker replies of several engines, per
+  stage and rank, INT-8 sums and calibration histograms added);
 - **over tensor-parallel ranks** (one forward seen by every rank): `merge_ranks` and
   `merge_rank_arrays`; replicated sites saw the same values (counts: one rank's), sharded sites
   (`is_sharded`: the gate, whose columns are split over ranks) saw disjoint parts (counts add);
@@ -17,6 +19,7 @@ The wire form (`to_wire`, validated on read by `StatsForm` inside a worker paylo
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -247,3 +250,62 @@ def split_stages(sites_per_stage: Sequence[Sequence[str]], stats: dict[str, Any]
         parts.append(part)
         offset += n
     return parts
+
+
+# --- data-parallel shards: whole worker replies of several engines -----------------------------
+class ShardMismatch(ValueError):
+    """Engines whose workers describe different sites cannot be merged."""
+
+
+def merge_shards(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One window of the same sites seen by disjoint token sets (data-parallel shards): `union`."""
+    return functools.reduce(union, parts)
+
+
+def _sum_nested(parts: Sequence[Any]) -> list:
+    return np.sum([np.asarray(p) for p in parts], axis=0).tolist()
+
+
+def _merge_int8_shards(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"thresholds": parts[0]["thresholds"]}
+    for window in ("lifetime", "recent", "window"):
+        got = [p.get(window) for p in parts]
+        if all(g is not None for g in got):
+            out[window] = {"acc": _sum_nested([g["acc"] for g in got]), "cnt": _sum_nested([g["cnt"] for g in got])}
+    return out
+
+
+def merge_shard_payloads(per_engine: Sequence[Sequence[dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """Each engine's ``maxact_collect`` replies (one per worker) -> one reply per (stage, rank),
+    as if one engine had computed all the shards' tokens."""
+    slots: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for replies in per_engine:
+        for p in replies:
+            if p:
+                slots.setdefault((p.get("pp_rank", 0), p.get("tp_rank", 0)), []).append(p)
+    merged = []
+    for key in sorted(slots):
+        parts = slots[key]
+        if len(parts) != len(per_engine):
+            raise ShardMismatch(f"stage {key[0]} rank {key[1]}: {len(parts)} of {len(per_engine)} engines replied")
+        if any(p["sites"] != parts[0]["sites"] for p in parts):
+            raise ShardMismatch(f"stage {key[0]} rank {key[1]}: the engines record different sites")
+        out = dict(parts[0])
+        for window in ("lifetime", "recent", "window"):
+            if all(window in p for p in parts):
+                out[window] = merge_shards([p[window] for p in parts])
+        if all(p.get("int8") for p in parts):
+            out["int8"] = _merge_int8_shards([p["int8"] for p in parts])
+        out["engines"] = len(parts)
+        merged.append(out)
+    return merged
+
+
+def merge_shard_hists(per_engine: Sequence[Sequence[dict[str, Any] | None]]) -> list[dict[str, Any] | None]:
+    """``maxact_int8_hist`` replies: counts summed per (stage, rank)."""
+    slots: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for replies in per_engine:
+        for h in replies:
+            if h:
+                slots.setdefault((h.get("pp_rank", 0), h.get("tp_rank", 0)), []).append(h)
+    return [{**parts[0], "hist": _sum_nested([h["hist"] for h in parts])} for _, parts in sorted(slots.items())]

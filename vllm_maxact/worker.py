@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RPC_METHODS = ("maxact_collect", "maxact_reset", "maxact_int8", "maxact_int8_hist")
+RPC_METHODS = ("maxact_collect", "maxact_payload", "maxact_reset", "maxact_int8", "maxact_int8_hist")
 
 
 def _require(token, what: str) -> None:
@@ -46,6 +46,27 @@ def maxact_collect(self, reset: bool = False, token: str | None = None) -> dict[
     out["window"] = to_wire(window)
     if reset:
         rec.reset()
+    return out
+
+
+def maxact_payload(self, collect: bool = False) -> dict[str, Any] | None:
+    """What this rank's publisher would write to the runtime dir, for an engine core that relays
+    it (`vllm_maxact.relay`: workers without the front end's disk, i.e. on Ray). Reads only the
+    host copy the publisher keeps, unless ``collect`` (an idle engine) folds the device's recent
+    steps in first. Takes nothing away from `maxact_collect`'s spans."""
+    from vllm_maxact.publish import payload
+
+    rec, runner = _recorder(self)
+    if rec is None:
+        return None
+    pub = getattr(runner, "_maxact_publisher", None)
+    if pub is None:
+        return payload(rec, runner.vllm_config)
+    with pub.lock:
+        if collect and (pub.dirty or rec.in_flight):
+            pub.publish()
+        out = payload(rec, runner.vllm_config)
+    out["publish_errors"] = pub.errors
     return out
 
 

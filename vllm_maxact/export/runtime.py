@@ -2,6 +2,10 @@
 
 One directory per vLLM instance, created by the first process that loads the plugin (the API
 server or the script that builds `vllm.LLM`) and handed to every child through the environment.
+Only local `multiprocessing` children join it. A Ray worker (vLLM's ``ray`` executor) may run on
+another node, with its own ``/tmp``: it never creates, joins or writes a runtime dir; its engine
+core, a local child of the front end, pulls its statistics over vLLM's own RPC and publishes
+them here (`vllm_maxact.relay`).
 
 Nothing in it is trusted on sight. The directories are private to the user (mode 0700, owner
 checked; another user's or a group/world-accessible one is refused, so nobody else can plant a
@@ -22,6 +26,7 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -94,7 +99,29 @@ def _make_private(path: Path, what: str, mask: int = 0o077) -> None:
     check_private(path, what, mask)
 
 
-def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path, bool]:
+def is_ray_worker() -> bool:
+    """This process is a Ray worker (an actor vLLM's ``ray`` executor started), not a driver.
+
+    Ray starts its workers itself (raylet), on this node or another: they are nobody's
+    `multiprocessing` child, and vLLM's Ray executors copy the driver's environment into them
+    (all of it, from vLLM 0.32's default executor), so neither the parent test nor an inherited
+    variable can tell them apart from a front end. Ray's own worker mode can."""
+    if "ray" not in sys.modules:  # a Ray worker process has imported ray before any user code
+        return False
+    try:
+        from ray._private import worker as ray_worker
+
+        return ray_worker.global_worker.mode == ray_worker.WORKER_MODE
+    except Exception:  # noqa: BLE001  (another Ray layout: fall back to the public API)
+        try:
+            import ray
+
+            return bool(ray.is_initialized()) and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+        except Exception:  # noqa: BLE001
+            return False
+
+
+def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path | None, bool]:
     """The instance's runtime dir, and whether this process is the instance's front end.
 
     vLLM starts its engine core, workers and extra API servers with ``multiprocessing``; those
@@ -106,6 +133,9 @@ def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path, bool]:
     """
     import multiprocessing
 
+    if is_ray_worker():
+        # Not a front end, and no dir: statistics leave this process only as RPC replies.
+        return None, False
     inherited = os.environ.get(HANDOFF)
     if inherited and multiprocessing.parent_process() is not None:
         return Path(inherited), False
@@ -125,11 +155,25 @@ def ensure_runtime_dir(configured: Path | None = None) -> tuple[Path, bool]:
         atexit.register(remove_instance_dir, path)
     os.environ[HANDOFF] = str(path)
     os.environ[TOKEN_HANDOFF] = secrets.token_urlsafe(32)  # fresh per instance, never inherited
+    _copy_to_ray_workers(TOKEN_HANDOFF)
     return path, True
 
 
+def _copy_to_ray_workers(name: str) -> None:
+    """Ask vLLM's Ray executors to copy ``name`` into their workers' environment (vLLM's own
+    ``VLLM_RAY_EXTRA_ENV_VARS_TO_COPY``; its default executor copies everything anyway), so a
+    Ray worker accepts the instance's token. The runtime dir is not copied: Ray workers have none."""
+    key = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+    names = [n for n in os.environ.get(key, "").split(",") if n.strip()]
+    if name not in names:
+        os.environ[key] = ",".join([*names, name])
+
+
 def instance_dir() -> Path | None:
-    """This process's instance runtime dir (set by `ensure_runtime_dir`)."""
+    """This process's instance runtime dir (set by `ensure_runtime_dir`); None in a Ray worker,
+    whose environment may hold the driver's path (copied by vLLM), on another machine's disk."""
+    if is_ray_worker():
+        return None
     value = os.environ.get(HANDOFF)
     return Path(value) if value else None
 
