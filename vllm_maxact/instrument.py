@@ -83,8 +83,9 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def linear_width(module: nn.Module) -> int:
-    """Input features of a (vLLM or torch) linear layer: the width of a channel site."""
-    for attr in ("input_size", "in_features"):
+    """Input features of a (vLLM or torch) linear layer as this rank sees them: the width of a
+    channel site (a row-parallel layer's shard under tensor parallelism)."""
+    for attr in ("input_size_per_partition", "input_size", "in_features"):
         if isinstance(getattr(module, attr, None), int):
             return getattr(module, attr)
     return module.weight.shape[-1]
