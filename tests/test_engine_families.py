@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 import pytest
+import torch
 from conftest import off_float32_reference, served_stats, stats_by_site, within_cpu_drift
 
 from vllm_maxact.config import DEFAULT_KINDS

@@ -190,7 +190,7 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
     try:
         done: set[str] = set()
-        for n, f in enumerate(files):
+        for f in files:
             tensors = load_file(str(f))
             out: dict[str, torch.Tensor] = {}
             for name, t in tensors.items():
