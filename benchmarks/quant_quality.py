@@ -249,6 +249,8 @@ def main() -> None:
     ap.add_argument("--input-zero-point", choices=["auto", "yes", "no"], default="auto",
                     help="auto: yes on CPUs with AMX (vLLM 0.32's CPU int8 kernel ignores static symmetric scales there)")
     ap.add_argument("--skip-sites", action="store_true")
+    ap.add_argument("--sites-only", action="store_true", help="only step 5 (per-site losses; no engine: it may run "
+                    "next to the engines of another invocation), into sites.json")
     # child mode
     ap.add_argument("--ppl", default=None)
     ap.add_argument("--tokens", default=None)
@@ -275,6 +277,12 @@ def main() -> None:
     def save():
         res_path.write_text(json.dumps(res, indent=1))
 
+    if args.sites_only:
+        held = work / "heldout_tokens.json"
+        if not held.exists():
+            held.write_text(json.dumps(token_lists(src, heldout, args.heldout_samples, args.max_tokens)))
+        arrow = work / "calib.arrow"
+        return _sites(args, src, work, held, arrow, {}, work / "sites.json")
     common = ["--corpus", str(calib), "--samples", str(n_cal), "--max-tokens", str(args.max_tokens), "--int8-check",
               "--calib-samples", str(n_cal // 2), "--eval-samples", str(n_cal - n_cal // 2), "--kinds", KINDS,
               "--quiet", "--dtype", args.dtype, "--engine-arg", "max_num_batched_tokens=2048"]
@@ -366,26 +374,30 @@ def main() -> None:
     save()
 
     if not args.skip_sites:
-        print("[5] per-site losses", flush=True)
-        t0 = time.time()
-        toks = [t[:256] for t in json.loads(held.read_text())[: args.site_samples]]
-        sl = site_losses(src, arrow, toks)
-        sites = sl["sites"]
-        names = sorted(sites)
-        d = [sites[n]["delta_nll"] for n in names]
-        res["sites"] = sl
-        res["rank_correlation"] = {
-            "sqnr_vs_delta_nll": spearman([sites[n]["sqnr_db"] for n in names], d),
-            "absmax_vs_delta_nll": spearman([sites[n]["absmax"] for n in names], d),
-            "n_sites": len(names),
-        }
-        for kind in LINEAR_KINDS:
-            ks = [n for n in names if n.endswith("." + kind)]
-            res["rank_correlation"][f"sqnr_vs_delta_nll_{kind}"] = spearman(
-                [sites[n]["sqnr_db"] for n in ks], [sites[n]["delta_nll"] for n in ks])
-        print(f"  {len(names)} sites in {time.time() - t0:.0f} s: {res['rank_correlation']}", flush=True)
-        save()
-    print(json.dumps({k: v.get("ppl") if isinstance(v, dict) else v for k, v in ppl.items()}, indent=1))
+        _sites(args, src, work, held, arrow, res, res_path)
+    print(json.dumps({k: v.get("ppl") if isinstance(v, dict) else v for k, v in res.get("ppl", {}).items()}, indent=1))
+
+
+def _sites(args, src, work, held, arrow, res, res_path) -> None:
+    print("[5] per-site losses", flush=True)
+    t0 = time.time()
+    toks = [t[:256] for t in json.loads(held.read_text())[: args.site_samples]]
+    sl = site_losses(src, arrow, toks)
+    sites = sl["sites"]
+    names = sorted(sites)
+    d = [sites[n]["delta_nll"] for n in names]
+    res["sites"] = sl
+    res["rank_correlation"] = {
+        "sqnr_vs_delta_nll": spearman([sites[n]["sqnr_db"] for n in names], d),
+        "absmax_vs_delta_nll": spearman([sites[n]["absmax"] for n in names], d),
+        "n_sites": len(names),
+    }
+    for kind in LINEAR_KINDS:
+        ks = [n for n in names if n.endswith("." + kind)]
+        res["rank_correlation"][f"sqnr_vs_delta_nll_{kind}"] = spearman(
+            [sites[n]["sqnr_db"] for n in ks], [sites[n]["delta_nll"] for n in ks])
+    print(f"  {len(names)} sites in {time.time() - t0:.0f} s: {res['rank_correlation']}", flush=True)
+    res_path.write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
