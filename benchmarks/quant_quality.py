@@ -220,6 +220,31 @@ def llmc(python: str, src: str, toks: Path, out: Path, log: Path) -> bool:
     return r.returncode == 0
 
 
+def with_zero_point(src: Path, out: Path) -> None:
+    """A copy of a static symmetric W8A8 checkpoint (llm-compressor's) whose activation scales are
+    described as asymmetric with zero point 0: the same numbers, but the kernel vLLM's CPU build
+    takes for them reads the static scales (on AMX the symmetric one does not)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if out.exists():
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.copytree(src, tmp)
+    for f in tmp.glob("*.safetensors"):
+        t = load_file(str(f))
+        for k in [k for k in t if k.endswith(".input_scale")]:
+            t[k[: -len("input_scale")] + "input_zero_point"] = torch.zeros(1, dtype=torch.int8)
+        save_file(t, str(f), metadata={"format": "pt"})
+    cfg = json.loads((tmp / "config.json").read_text())
+    for g in cfg["quantization_config"]["config_groups"].values():
+        g["input_activations"]["symmetric"] = False
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tmp.rename(out)
+
+
 def input_scales(folder: Path) -> dict[str, float]:
     """Checkpoint tensor name -> value for every ``*.input_scale`` / ``*.k_scale`` / ``*.v_scale``."""
     from safetensors import safe_open
@@ -343,6 +368,9 @@ def main() -> None:
         peer = work / "llmc-w8a8-static"
         if llmc(args.llmc_python, src, cal_toks, peer, log):
             ckpts["llmc-w8a8-static"] = (src, None, [])
+            if zp:
+                with_zero_point(peer, work / "llmc-w8a8-static-zp")
+                ckpts["llmc-w8a8-static-zp"] = (src, None, [])
             ours, theirs = input_scales(work / "w8a8-static-max"), input_scales(peer)
             common_keys = sorted(set(ours) & set(theirs))
             res["peer_scales"] = {k: {"ours": ours[k], "llmc": theirs[k]} for k in common_keys}
@@ -359,8 +387,6 @@ def main() -> None:
         save()
     ppl["fp8-kv-no-scales"] = served_ppl(src, held, work / "ppl-fp8kv-none.json", log, dtype=args.dtype,
                                          max_tokens=args.max_tokens, kv_cache_dtype="fp8")
-    ppl["w8a8-dynamic+fp8-kv-ours"] = served_ppl(work / "w8a8-dynamic", held, work / "ppl-dyn-fp8kv.json", log,
-                                                 dtype=args.dtype, max_tokens=args.max_tokens, kv_cache_dtype="fp8")
     save()
     kvonly = work / "kv-only-ours"
     if not kvonly.exists():
@@ -400,5 +426,64 @@ def _sites(args, src, work, held, arrow, res, res_path) -> None:
     res_path.write_text(json.dumps(res, indent=1))
 
 
+ROWS = [
+    # Every W8A8 checkpoint carries a kv_cache_scheme with its k / v scales, and vLLM then stores the
+    # KV cache in FP8 with them even at kv_cache_dtype "auto" (vllm/model_executor/layers/attention).
+    ("bfloat16", "unquantized (bf16 weights, activations, KV cache)"),
+    ("w8a8-static-max", "W8A8, static per-tensor activation scales, our `max` thresholds"),
+    ("w8a8-static-p999", "W8A8, static, our `p999` thresholds"),
+    ("w8a8-smooth-static-max", "SmoothQuant (alpha 0.5, our channel maxima) + W8A8 static `max`"),
+    ("w8a8-dynamic", "W8A8, dynamic per-token activation scales (vLLM's own)"),
+    ("llmc-w8a8-static-zp", "llm-compressor 0.14 static W8A8 (its own calibration, same samples)"),
+    ("llmc-w8a8-static", "llm-compressor 0.14 static W8A8 as it writes it (symmetric: AMX ignores the scales)"),
+    ("w8a8-static-max-symmetric", "W8A8 static `max`, scales written symmetric (AMX: vLLM ignores them)"),
+    ("fp8-kv-no-scales", "bf16 weights, FP8 KV cache without scales (scale 1)"),
+    ("fp8-kv-ours", "bf16 weights, FP8 KV cache with our `k` / `v` scales (`--kv-only`)"),
+]
+
+
+def render(work: Path) -> str:
+    """The RESULTS.md table of a finished run."""
+    import numpy as np
+
+    res = json.loads((work / "results.json").read_text())
+    ppl = res.get("ppl", {})
+    base = ppl.get(res["dtype"], {}).get("ppl")
+    lines = [f"Held-out perplexity served by vLLM ({res['model']}, {res['dtype']} activations, "
+             f"{res['heldout_samples']} held-out samples x <= {res['max_tokens']} tokens, calibration "
+             f"{res['calib_samples'] // 2} samples; input zero point {res.get('input_zero_point')}):", "",
+             "| configuration | perplexity | vs unquantized | greedy: \"The capital of France is\" |", "|---|---|---|---|"]
+    for key, label in ROWS:
+        r = ppl.get(key if key != "bfloat16" else res["dtype"])
+        if not r:
+            continue
+        if "error" in r:
+            lines.append(f"| {label} | failed: {r['error']} | | |")
+            continue
+        rel = f"{(r['ppl'] / base - 1) * 100:+.2f}%" if base else ""
+        lines.append(f"| {label} | {r['ppl']:.3f} | {rel} | {r['sample'].strip()[:40]!r} |")
+    peer = res.get("peer_scales")
+    if peer:
+        lines += ["", "Activation scales, ours (`max`) / llm-compressor's, per site kind (median, min, max over layers):",
+                  "", "| tensor | median | min | max |", "|---|---|---|---|"]
+        groups: dict[str, list[float]] = {}
+        for k, v in peer.items():
+            rel = k.split("layers.", 1)[1].split(".", 1)[1]
+            groups.setdefault(rel, []).append(v["ours"] / v["llmc"])
+        for rel, r in sorted(groups.items()):
+            lines.append(f"| {rel} | {np.median(r):.3f} | {min(r):.3f} | {max(r):.3f} |")
+    sites = work / "sites.json"
+    if sites.exists():
+        rc = json.loads(sites.read_text())["rank_correlation"]
+        lines += ["", f"Per-site rank correlation over {rc['n_sites']} linear-input sites (Spearman): INT-8 check SQNR "
+                  f"vs NLL increase {rc['sqnr_vs_delta_nll']:+.2f}; absmax vs NLL increase "
+                  f"{rc['absmax_vs_delta_nll']:+.2f}; per kind (SQNR): "
+                  + ", ".join(f"{k} {rc['sqnr_vs_delta_nll_' + k]:+.2f}" for k in LINEAR_KINDS) + "."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        print(render(Path(sys.argv[2])))
+        sys.exit()
     main()
