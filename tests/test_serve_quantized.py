@@ -4,9 +4,9 @@ The bundled SmolLM2-135M's ranges at every linear input and the KV cache are mea
 web and encyclopedia prompts (transformers hooks: the same sites the engine records, checked
 against each other in test_engine_families.py; no replay engine to start here), written as a
 replay table, and `vllm-maxact quantize` turns them into a compressed-tensors W8A8 INT8
-checkpoint with FP8 KV-cache scales. `vllm serve` serves it unchanged with
-``--kv-cache-dtype fp8`` and the plugin on, ``VLLM_MAXACT_CALIBRATION`` pointing at the scales
-the checkpoint was built with:
+checkpoint with FP8 KV-cache scales. `vllm serve` serves it unchanged (``--kv-cache-dtype fp8``;
+vLLM would pick it for this checkpoint anyway) with the plugin on, ``VLLM_MAXACT_CALIBRATION``
+pointing at the scales the checkpoint was built with:
 
 - the served model works: the greedy answer to a factual prompt, and its perplexity on held-out
   text within 25% of the bf16 model's (transformers);
