@@ -9,7 +9,8 @@ vLLM would pick it for this checkpoint anyway) with the plugin on, ``VLLM_MAXACT
 pointing at the scales the checkpoint was built with:
 
 - the served model works: the greedy answer to a factual prompt, and its perplexity on held-out
-  text within 25% of the bf16 model's (transformers);
+  text within 4x the bf16 model's (transformers; static per-tensor INT8 activations cost this
+  model 2.4-2.7x, benchmarks/RESULTS.md);
 - /metrics exports, per deployed site (every linear input, k and v), the threshold the
   checkpoint's scale was set from and the live clip rate against it;
 - a crafted prompt set (long digit sequences, code) exceeds the calibrated range and the alert
@@ -124,7 +125,11 @@ def test_the_quantized_checkpoint_serves_sane_outputs(server, smollm2_dir):
             ref += torch.nn.functional.cross_entropy(model(input_ids=x).logits[0, :-1].float(), x[0, 1:],
                                                      reduction="none").tolist()
     ppl_q, ppl_ref = math.exp(sum(served) / len(served)), math.exp(sum(ref) / len(ref))
-    assert ppl_q < 1.25 * ppl_ref, (ppl_q, ppl_ref)
+    # Static per-tensor INT8 activations cost SmolLM2 much (benchmarks/RESULTS.md, 2026-12-06: 2.7x
+    # the bf16 perplexity on held-out text with `max` scales, 1.05x per-token dynamic; measured here
+    # 2.4x): a working model, far from a broken one (p99.9 scales that clip the massive
+    # activations: 46x; random text over a 49k vocabulary: ~1e4).
+    assert ppl_q < 4 * ppl_ref, (ppl_q, ppl_ref)
 
 
 def _series(prometheus, metric: str) -> dict[str, float]:
