@@ -43,9 +43,9 @@ if os.environ.get(TORCHVISION_STUB_ENV) == "1":
 #: The longest test files first (measured on a 2-core AVX2 machine: the serving module's server,
 #: the interpreter runs, the real models, the compile-cache probes, the in-kernel families), so
 #: the two pytest-xdist workers end together instead of one running a long test alone at the end.
-LONG_FIRST = ("test_serve_e2e.py", "test_ray.py", "test_ops_triton.py", "test_engine_real.py", "test_replay_engine.py",
-              "test_replay_default.py", "test_int8_engine.py", "test_compile_cache.py", "test_engine_families.py",
-              "test_faults.py", "test_data_parallel.py")
+LONG_FIRST = ("test_serve_e2e.py", "test_ray.py", "test_serve_quantized.py", "test_ops_triton.py", "test_engine_real.py",
+              "test_replay_engine.py", "test_replay_default.py", "test_int8_engine.py", "test_compile_cache.py",
+              "test_engine_families.py", "test_faults.py", "test_data_parallel.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,6 +32,15 @@ tower's blocks are not sites):
   itself (in the activation dtype, as the model does).
 - `final_norm`: the base model's `norm` output.
 
+Opt-in sites, recorded by the reference too:
+
+- `layers.{i}.o_in` / `layers.{i}.down_in`: the input of `self_attn.o_proj` / `mlp.down_proj`
+  (forward pre-hooks), with per-channel max |x|; `attn_in` / `mlp_in` likewise on the inputs of
+  `q_proj` (or `qkv_proj`) and `gate_proj` (or `gate_up_proj`).
+- `layers.{i}.k` / `layers.{i}.v`: the keys and values the layer hands its KV cache (a
+  `DynamicCache` whose ``update`` records them: after RoPE and any k-norm, whatever the
+  attention implementation), one row per token.
+
 Models with attention logit soft-capping (Gemma 2: `attn_logit_softcapping`) are loaded with
 the eager attention implementation: transformers' default SDPA path ignores the soft-cap, so it
 would compute a different function from the model (and from vLLM, which applies it).
@@ -64,10 +73,15 @@ class SiteStats:
     tokens: int = 0
     nan: int = 0
     inf: int = 0
+    #: per-channel max |x| (float64 [features]) of the linear-input sites, else None
+    channel_absmax: Any = None
 
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, channels: bool = False) -> None:
         """Fold one activation tensor (any shape, last dim = features) into the stats."""
         x = x.detach().float()
+        if channels:
+            c = torch.nan_to_num(x.abs(), nan=0.0).reshape(-1, x.shape[-1]).amax(0).double()
+            self.channel_absmax = c if self.channel_absmax is None else torch.maximum(self.channel_absmax, c)
         self.tokens += x.numel() // x.shape[-1] if x.dim() else 1
         isnan = torch.isnan(x)
         n_nan = int(isnan.sum())
@@ -165,6 +179,36 @@ def site_modules(model: nn.Module) -> list[tuple[str, nn.Module, Callable[[Any],
     return sites
 
 
+def input_site_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(site name, linear layer) for the linear-input sites: the site is the layer's input."""
+    base = _find_base_model(model)
+    out: list[tuple[str, nn.Module]] = []
+    for i, layer in enumerate(base.layers):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        for kind, parent, names in ((Kind.ATTN_IN, attn, ("qkv_proj", "q_proj")), (Kind.O_IN, attn, ("o_proj",)),
+                                    (Kind.MLP_IN, mlp, ("gate_up_proj", "gate_proj")),
+                                    (Kind.DOWN_IN, mlp, ("down_proj",))):
+            mod = next((getattr(parent, n) for n in names if isinstance(getattr(parent, n, None), nn.Module)), None)
+            if mod is not None:
+                out.append((Site(kind, i).name, mod))
+    return out
+
+
+def _kv_cache(model: nn.Module, stats: dict[str, SiteStats]):
+    """A `DynamicCache` that records what each layer writes to it (keys, values)."""
+    from transformers import DynamicCache
+
+    class RecordingCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            for kind, t in ((Kind.K, key_states), (Kind.V, value_states)):
+                # [batch, kv heads, tokens, head dim] -> one row per token
+                rows = t.transpose(1, 2).reshape(-1, t.shape[1] * t.shape[3])
+                stats.setdefault(Site(kind, layer_idx).name, SiteStats()).update(rows)
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    return RecordingCache(config=model.config)
+
+
 @torch.inference_mode()
 def reference_stats_for_model(model: nn.Module, token_ids: Iterable[list[int]]) -> dict[str, SiteStats]:
     """Run each sequence alone (batch 1, no padding: nothing to mask) through an HF model."""
@@ -177,12 +221,20 @@ def reference_stats_for_model(model: nn.Module, token_ids: Iterable[list[int]]) 
             s.update(g(output))  # reduce right here: no activation is kept
 
         handles.append(module.register_forward_hook(hook))
+    for name, module in input_site_modules(model):
+        site_stats = stats.setdefault(name, SiteStats())
+
+        def pre_hook(_mod: nn.Module, args: Any, s: SiteStats = site_stats) -> None:
+            s.update(args[0], channels=True)
+
+        handles.append(module.register_forward_pre_hook(pre_hook))
     device = next(model.parameters()).device
     try:
         for ids in token_ids:
             if not ids:
                 continue
-            model(input_ids=torch.tensor([ids], device=device), use_cache=False)
+            model(input_ids=torch.tensor([ids], device=device), past_key_values=_kv_cache(model, stats),
+                  use_cache=True)
     finally:
         for h in handles:
             h.remove()

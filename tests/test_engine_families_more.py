@@ -3,7 +3,7 @@
 For each family a tiny random-weight model is built from a config (no downloads, see
 `tiny_models.py`), served by vLLM (CPU build, torch.compile on) with one engine per family
 (closed before the next starts), and every site the family has must be recorded, over every
-prompt token, and match the independent transformers-hooks reference (`vllm_maxact.reference`)
+prompt token, and match the independent transformers-hooks reference (`tests/reference.py`)
 with the tolerance of test_engine_families.py: 4% relative plus 0.02 absolute (both sides run
 bf16 with different kernels; see that file's docstring). A value outside that tolerance of the
 bf16 reference must be within vLLM's CPU kernel drift of the float32 transformers forward

@@ -35,8 +35,10 @@ _PLAIN: dict[tuple, dict] = {}
 
 
 def serve(model: str, out: Path, *, plugin: bool, eager: bool = False, hot_path: str | None = None,
-          extra: tuple[str, ...] = ()) -> dict:
+          extra: tuple[str, ...] = (), kinds: str | None = None) -> dict:
     env = {**os.environ, "VLLM_MAXACT_ENABLE": "1" if plugin else "0"}
+    if kinds:
+        env["VLLM_MAXACT_KINDS"] = kinds
     env.pop("VLLM_MAXACT_HOT_PATH", None)
     # Publish often: collecting and publishing between steps must not move a bit either.
     env["VLLM_MAXACT_PUBLISH_INTERVAL_S"] = "0.1"
@@ -74,18 +76,25 @@ def plain_outputs(key: tuple, model: str, tmp: Path, **kw) -> dict:
     return _PLAIN[key]
 
 
-@pytest.mark.parametrize("case", ["cpu_op", "cpu_op-eager", "triton"])
+@pytest.mark.parametrize("case", ["cpu_op", "cpu_op-eager", "triton", "cpu_op-all"])
 def test_tiny_llama_serves_the_same_bits_instrumented(case, tiny_factory, tmp_path):
     """The CPU default (``cpu_op``) compiled and eager (``enforce_eager``: vLLM's in-place fused
     add + RMSNorm really runs, so sites are folded before it), and the GPU default's Triton
-    kernel, run by Triton's interpreter inside the compiled CPU engine."""
+    kernel, run by Triton's interpreter inside the compiled CPU engine. ``all``: every opt-in
+    kind as well (the four linear inputs with their channels, the keys and values the attention
+    writes to its cache)."""
+    from vllm_maxact.sites import KIND_ORDER
+
     model = tiny_factory("llama")
     hot, _, mode = case.partition("-")
     eager = mode == "eager"
+    kinds = ",".join(k.value for k in KIND_ORDER) if mode == "all" else None
     extra = ("--prompts", "10", "--max-len", "300", "--token-range", "3", "49000", "--out-tokens", "12")
     plain = plain_outputs(("llama", eager), model, tmp_path, eager=eager, extra=extra)
-    inst = serve(model, tmp_path / "inst.json", plugin=True, eager=eager, hot_path=hot, extra=extra)
+    inst = serve(model, tmp_path / "inst.json", plugin=True, eager=eager, hot_path=hot, extra=extra, kinds=kinds)
     check(plain, inst)
+    if kinds:
+        assert {n.rsplit(".", 1)[-1] for n in inst["stats"]} >= {"o_in", "down_in", "k", "v"}
 
 
 def test_smollm2_serves_the_same_bits_instrumented(smollm2_dir, domain_texts, tmp_path):

@@ -252,6 +252,13 @@ def test_reference_sites_have_distinct_maxima(tiny_llama: Path) -> None:
         Kind.MLP_OUT,
         Kind.GATE,
         Kind.FINAL_NORM,
+        # the opt-in linear inputs and KV-cache sites
+        Kind.ATTN_IN,
+        Kind.O_IN,
+        Kind.MLP_IN,
+        Kind.DOWN_IN,
+        Kind.K,
+        Kind.V,
     }
     kinds = (Kind.ATTN_OUT, Kind.MLP_OUT, Kind.GATE)
     names = [Site(k, i).name for k in kinds for i in range(4)] + ["final_norm"]
@@ -260,6 +267,47 @@ def test_reference_sites_have_distinct_maxima(tiny_llama: Path) -> None:
     values = {(stats[n].max, stats[n].min) for n in names}
     assert len(values) == len(names), {n: (stats[n].max, stats[n].min) for n in names}
     assert len({stats[n].absmax for n in names if "attn_out" in n or "mlp_out" in n}) == 8
+
+
+def test_reference_linear_inputs_and_kv(tiny_llama: Path) -> None:
+    """o_in / down_in are what o_proj / down_proj read, and k / v what the attention caches: keys
+    after RoPE (recomputed here from k_proj's output with transformers' own rotary function)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = reference.load_model(str(tiny_llama), dtype=torch.float32)
+    stats = reference.reference_stats_for_model(model, TOKEN_IDS)
+    cfg = model.config
+    got: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        for name, mod in ((f"layers.{i}.o_in", layer.self_attn.o_proj), (f"layers.{i}.down_in", layer.mlp.down_proj)):
+            hooks.append(mod.register_forward_pre_hook(lambda _m, a, n=name: got.setdefault(n, []).append(a[0][0])))
+        for name, mod in ((f"layers.{i}.kraw", layer.self_attn.k_proj), (f"layers.{i}.v", layer.self_attn.v_proj)):
+            hooks.append(mod.register_forward_hook(lambda _m, _a, o, n=name: got.setdefault(n, []).append(o[0])))
+    with torch.inference_mode():
+        for ids in TOKEN_IDS:
+            model(input_ids=torch.tensor([ids]), use_cache=False)
+    for h in hooks:
+        h.remove()
+    n_kv, hd = cfg.num_key_value_heads, cfg.head_dim
+    keys = []
+    with torch.inference_mode():
+        for ids, k in zip(TOKEN_IDS, got.pop("layers.0.kraw"), strict=True):
+            pos = torch.arange(len(ids))[None]
+            cos, sin = model.model.rotary_emb(k[None], pos)
+            k4 = k.view(1, len(ids), n_kv, hd).transpose(1, 2)
+            keys.append(apply_rotary_pos_emb(k4, k4, cos, sin)[1].transpose(1, 2).reshape(len(ids), -1))
+    got["layers.0.k"] = keys
+    for name, parts in got.items():
+        if "kraw" in name:
+            continue
+        x = torch.cat(parts)
+        s = stats[name]
+        assert s.tokens == sum(map(len, TOKEN_IDS)), name
+        assert s.max == pytest.approx(float(x.max()), rel=1e-5) and s.min == pytest.approx(float(x.min()), rel=1e-5), name
+        if name.endswith(("o_in", "down_in")):
+            assert torch.allclose(s.channel_absmax.float(), x.abs().amax(0), rtol=1e-6), name
+    assert stats["layers.0.k"].absmax != stats["layers.0.v"].absmax
 
 
 def test_gemma3_embedding_includes_scale(tmp_path: Path) -> None:

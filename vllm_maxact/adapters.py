@@ -73,6 +73,29 @@ def linear_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return args[0] if args else None
 
 
+def tensor_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """A linear layer's input where it is a plain tensor: vLLM may hand a quantized layer a
+    `QuantizedActivation` made by a fused activation + quantization kernel (FP8 static scales on
+    CUDA), whose unquantized value is never written; the site then records nothing rather than
+    make the model write it."""
+    x = linear_input(args, kwargs)
+    return x if isinstance(x, torch.Tensor) else None
+
+
+def kv_arg(index: int, name: str) -> Callable[[tuple, dict], torch.Tensor | None]:
+    """Keys (1) or values (2) as vLLM's attention op takes them (``forward(query, key, value)``,
+    [tokens, heads * head_size] or [tokens, heads, head_size]): what it writes to the KV cache.
+    One row per token; None where the layer reads another layer's cache (KV sharing)."""
+
+    def extract(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        x = kwargs[name] if name in kwargs else (args[index] if len(args) > index else None)
+        if not isinstance(x, torch.Tensor):
+            return None
+        return x if x.dim() == 2 else x.reshape(x.shape[0], -1)
+
+    return extract
+
+
 def is_missing(module: Any) -> bool:
     """Pipeline-parallel placeholders for layers that live on another rank."""
     return module is None or type(module).__name__ == "PPMissingLayer"
@@ -93,6 +116,9 @@ class Adapter:
     mlp_attr = "mlp"
     gate_up_attr = "gate_up_proj"
     qkv_attr = "qkv_proj"  # inside the attention block: its input is the attn_in site
+    o_proj_attr = "o_proj"  # inside the attention block: its input is the o_in site
+    down_proj_attr = "down_proj"  # inside the MLP: its input is the down_in site
+    attn_op_attr = "attn"  # vLLM's attention op inside the attention block: its key / value inputs
     router_attr: str | None = None  # e.g. "gate" inside an MoE block
     norm_attr = "norm"
     #: Position of the hidden states among a decoder layer's positional arguments (Llama's
@@ -150,6 +176,10 @@ class Adapter:
             qkv = getattr(attn, self.qkv_attr, None)
             if qkv is not None:
                 yield Probe(Site(Kind.ATTN_IN, i), qkv, "input", linear_input)
+            yield from self.kv_probes(i, attn)
+            o_proj = getattr(attn, self.o_proj_attr, None)
+            if o_proj is not None:
+                yield Probe(Site(Kind.O_IN, i), o_proj, "input", tensor_input)
         mlp = getattr(layer, self.mlp_attr, None)
         if mlp is not None:
             yield Probe(Site(Kind.MLP_OUT, i), mlp, "output", first)
@@ -157,9 +187,24 @@ class Adapter:
             if gate_up is not None:
                 yield Probe(Site(Kind.GATE, i), gate_up, "output", gate_half)
                 yield Probe(Site(Kind.MLP_IN, i), gate_up, "input", linear_input)
+            down = getattr(mlp, self.down_proj_attr, None)
+            if down is not None:
+                yield Probe(Site(Kind.DOWN_IN, i), down, "input", tensor_input)
             router = getattr(mlp, self.router_attr, None) if self.router_attr else None
             if router is not None:
                 yield Probe(Site(Kind.ROUTER, i), router, "output", first)
+
+
+    def kv_probes(self, i: int, attn: nn.Module) -> Iterator[Probe]:
+        """Keys and values at the input of vLLM's attention op (after RoPE and any k-norm: the
+        tensors it writes to the KV cache), unless the layer reuses another layer's cache."""
+        op = getattr(attn, self.attn_op_attr, None)
+        if op is None or not isinstance(op, nn.Module) or getattr(op, "kv_sharing_target_layer_name", None):
+            return
+        if type(op).__name__ != "Attention":  # MLA and linear attention cache other tensors
+            return
+        yield Probe(Site(Kind.K, i), op, "input", kv_arg(1, "key"))
+        yield Probe(Site(Kind.V, i), op, "input", kv_arg(2, "value"))
 
 
 def discover() -> list[Adapter]:

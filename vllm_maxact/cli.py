@@ -612,6 +612,50 @@ def smooth(model_dir, smoothing_file, out_dir) -> None:
 
 
 
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("arrow_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the quantized checkpoint (must differ from MODEL_DIR).")
+@click.option("--threshold", type=click.Choice(["max", "p999"]), default="max", show_default=True,
+              help="Which calibration threshold sets each static scale (p999 needs replay --int8-check).")
+@click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,
+              help="Write FP8 KV-cache scales (k_scale / v_scale) from the k / v sites.")
+@click.option("--input-zero-point", is_flag=True,
+              help="Describe the activation scales as asymmetric with zero point 0 (the same numbers): vLLM "
+              "0.32's CPU build ignores static symmetric scales on AMX CPUs (see the README).")
+@click.option("--dynamic", is_flag=True,
+              help="Activations quantized per token at run time by vLLM instead of static scales (a baseline).")
+@click.option("--kv-only", is_flag=True, help="Keep the weights; add only the FP8 KV-cache scales.")
+def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_point, dynamic, kv_only) -> None:
+    """Write a W8A8 INT8 compressed-tensors checkpoint that vLLM serves as is: int8 weights per
+    output channel, static per-tensor activation scales from a replay of MODEL_DIR, and FP8
+    KV-cache scales.
+
+    ARROW_FILE: `vllm-maxact replay --model MODEL_DIR --kinds default,attn_in,o_in,mlp_in,down_in,k,v`
+    (add --int8-check for --threshold p999). To smooth first: `smooth`, then replay the smoothed
+    folder and quantize that. Serve with `kv_cache_dtype=fp8` for the KV-cache scales."""
+    from safetensors import SafetensorError
+
+    from vllm_maxact import quantize as q
+    from vllm_maxact.report import ReportError, load
+
+    try:
+        q.build(model_dir, load(arrow_file), out_dir, threshold=threshold, kv_cache=kv_cache,
+                input_zero_point=input_zero_point, dynamic=dynamic, kv_only=kv_only, source=str(arrow_file))
+    except (q.QuantizeError, ReportError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    except SafetensorError as e:
+        raise click.ClickException(f"{model_dir}: a weight file cannot be read ({e})") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out_dir}: {e.strerror or e}") from None
+    if kv_only:
+        click.echo(f"FP8 KV-cache scales ({threshold} thresholds), weights unchanged -> {out_dir}")
+        return
+    acts = "dynamic per-token activations" if dynamic else f"static {threshold} activation scales"
+    click.echo(f"W8A8 INT8 ({acts}{', FP8 KV-cache scales' if kv_cache else ''}) -> {out_dir}")
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                 "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

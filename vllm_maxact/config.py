@@ -17,13 +17,13 @@ import tomllib
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vllm_maxact.sites import CHANNEL_KINDS, KIND_ORDER, Kind
+from vllm_maxact.sites import KIND_ORDER, OPTIONAL_KINDS, Kind
 
 ENV_PREFIX = "VLLM_MAXACT_"
 #: Longest publish / snapshot interval: a day (threads wait on it; inf would kill them).
 MAX_INTERVAL_S = 86400.0
-#: Every kind but the opt-in per-channel ones (attn_in, mlp_in).
-DEFAULT_KINDS = tuple(k for k in KIND_ORDER if k not in CHANNEL_KINDS)
+#: Every kind but the opt-in ones (linear inputs with their channels, KV-cache keys and values).
+DEFAULT_KINDS = tuple(k for k in KIND_ORDER if k not in OPTIONAL_KINDS)
 
 
 class ConfigError(ValueError):
@@ -36,7 +36,8 @@ class MaxActConfig(BaseSettings):
     enable: bool = Field(True, description="Master switch: 0 leaves vLLM untouched.")
     kinds: Annotated[tuple[Kind, ...], NoDecode] = Field(
         DEFAULT_KINDS, description="Site kinds to record, comma separated (e.g. 'residual,attn_out'); add "
-        "attn_in,mlp_in for per-channel input maxima (SmoothQuant scales)."
+        "attn_in,mlp_in,o_in,down_in for per-channel input maxima of every quantized linear layer (SmoothQuant, "
+        "static activation scales) and k,v for the KV cache."
     )
     layers: str | None = Field(
         None, description="Restrict per-layer sites to these layers: '0-3,10' (default: all)."

@@ -83,8 +83,9 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def linear_width(module: nn.Module) -> int:
-    """Input features of a (vLLM or torch) linear layer: the width of a channel site."""
-    for attr in ("input_size", "in_features"):
+    """Input features of a (vLLM or torch) linear layer as this rank sees them: the width of a
+    channel site (a row-parallel layer's shard under tensor parallelism)."""
+    for attr in ("input_size_per_partition", "input_size", "in_features"):
         if isinstance(getattr(module, attr, None), int):
             return getattr(module, attr)
     return module.weight.shape[-1]
@@ -260,11 +261,16 @@ def residual_chain(rec: Recorder, adapter: Adapter, model: nn.Module, probes: li
 
 
 def load_calibration(rec: Recorder, path) -> None:
-    """Live drift: thresholds from a `vllm-maxact scales` file; evaluate from the start."""
-    from vllm_maxact.int8 import read_scales
+    """Live drift: thresholds from a `vllm-maxact scales` file; evaluate from the start. The
+    first column (the one exported) is the threshold the file's scales were chosen with
+    (``quantization.threshold``: ``max``, or ``p999`` for a checkpoint built with p99.9 scales),
+    so the clip rate is against the deployed scale."""
+    from vllm_maxact.int8 import deployed_threshold, read_scales
 
     scales = read_scales(path)
-    thr = [[scales.get(s.name, {}).get("threshold_max") or 0.0, scales.get(s.name, {}).get("threshold_p999") or 0.0]
+    first, second = ("threshold_p999", "threshold_max") if deployed_threshold(path) == "p999" else \
+        ("threshold_max", "threshold_p999")
+    thr = [[scales.get(s.name, {}).get(first) or 0.0, scales.get(s.name, {}).get(second) or 0.0]
            for s in rec.sites]
     missing = [s.name for s, t in zip(rec.sites, thr, strict=True) if not t[0]]
     if missing:

@@ -124,6 +124,18 @@ def read_scales(path) -> dict[str, dict]:
 SCALES_FORMAT = "vllm-maxact-scales"
 
 
+def deployed_threshold(path) -> str:
+    """Which threshold a scales file's scales were chosen with (``max`` unless it says ``p999``)."""
+    import json
+    from pathlib import Path
+
+    try:
+        q = json.loads(Path(path).read_text()).get("quantization") or {}
+    except (OSError, ValueError, AttributeError):
+        return "max"
+    return "p999" if isinstance(q, dict) and q.get("threshold") == "p999" else "max"
+
+
 def scales_document(table, *, threshold: str = "max", source: str | None = None) -> dict:
     """Static per-site activation scales from a replay (or snapshot) table.
 

@@ -52,6 +52,10 @@ KIND_COLORS = {
     "final_norm": "#d62728",
     "attn_in": "#17becf",
     "mlp_in": "#bcbd22",
+    "o_in": "#aec7e8",
+    "down_in": "#98df8a",
+    "k": "#ff9896",
+    "v": "#c5b0d5",
 }
 INT8_SQNR = "int8_sqnr_db"
 _GLOBAL = [k.value for k in KIND_ORDER if k in GLOBAL_KINDS]

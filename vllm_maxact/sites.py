@@ -23,6 +23,13 @@ class Kind(str, enum.Enum):
     # per-channel max |x| besides the usual statistics.
     ATTN_IN = "attn_in"  # input of the attention's QKV projection (the input norm's output)
     MLP_IN = "mlp_in"  # input of the MLP's gate/up projection (the pre-MLP norm's output)
+    # Optional too: the inputs of the other two quantized linear layers (per-channel as well),
+    # and the keys and values as the attention writes them to the KV cache (after RoPE and any
+    # k-norm), which FP8 KV-cache scales are taken from.
+    O_IN = "o_in"  # input of the attention's output projection (the attention op's output)
+    DOWN_IN = "down_in"  # input of the MLP's down projection (the activation's output)
+    K = "k"  # keys written to the KV cache
+    V = "v"  # values written to the KV cache
 
     def __str__(self) -> str:  # so f-strings and labels print the bare value
         return self.value
@@ -40,12 +47,25 @@ KIND_ORDER = [
     Kind.GATE,
     Kind.ROUTER,
     Kind.ATTN_IN,
+    Kind.K,
+    Kind.V,
+    Kind.O_IN,
     Kind.MLP_IN,
+    Kind.DOWN_IN,
     Kind.FINAL_NORM,
 ]
 
-#: Kinds that also record per-channel max |x| (an opt-in site set, for SmoothQuant scales).
-CHANNEL_KINDS = frozenset({Kind.ATTN_IN, Kind.MLP_IN})
+#: Kinds that also record per-channel max |x| (opt-in sites: linear inputs, for SmoothQuant and
+#: static activation scales).
+CHANNEL_KINDS = frozenset({Kind.ATTN_IN, Kind.MLP_IN, Kind.O_IN, Kind.DOWN_IN})
+
+#: Kinds recorded only when asked for (`VLLM_MAXACT_KINDS`, replay ``--kinds``).
+OPTIONAL_KINDS = CHANNEL_KINDS | {Kind.K, Kind.V}
+
+#: The input of every quantized linear layer of a decoder layer, and the module that reads it
+#: (vLLM's merged names): the sites a static W8A8 checkpoint takes its activation scales from.
+LINEAR_INPUTS = {Kind.ATTN_IN: "qkv_proj", Kind.O_IN: "o_proj", Kind.MLP_IN: "gate_up_proj",
+                 Kind.DOWN_IN: "down_proj"}
 
 
 @dataclass(frozen=True, order=True)

@@ -117,6 +117,8 @@ def document(table, model_dir: str | Path, *, alpha: float = 0.5, source: str | 
     entries = []
     for site_name, act in sorted(channel_rows(table).items(), key=lambda kv: Site.parse(kv[0])):
         site = Site.parse(site_name)
+        if site.kind.value not in LAYOUT:  # o_in / down_in: no norm in front to fold a factor into
+            continue
         norm_rel, linears = LAYOUT[site.kind.value]
         if site.kind.value == "mlp_in" and model_type in PRE_FFN_NORM:
             norm_rel = "pre_feedforward_layernorm"

@@ -127,7 +127,8 @@ class MaxActCollector(Collector):
 
     @staticmethod
     def _int8(model, group, part) -> None:
-        """Live drift against a loaded calibration: the first threshold column (calibration max)."""
+        """Live drift against a loaded calibration: the first threshold column (the deployed one: the
+        threshold the scales file was built with, `vllm_maxact.instrument.load_calibration`)."""
         import numpy as np
 
         from vllm_maxact.int8 import figures

@@ -89,7 +89,8 @@ class HotPath:
 
         m = channel_absmax(x, n_valid)
         sel = (torch.arange(chan.shape[0], device=chan.device) == row)[:, None]
-        chan.copy_(torch.where(sel, torch.maximum(chan, m[None, :]), chan))
+        dst = chan[:, : m.shape[0]]  # the group's buffer is as wide as its widest channel site
+        dst.copy_(torch.where(sel, torch.maximum(dst, m[None, :]), dst))
 
     def record_int8(self, group: SiteGroup, qmode: torch.Tensor, n_valid: torch.Tensor, pos: int, x: torch.Tensor,
                     with_hist: bool) -> None:

@@ -109,10 +109,12 @@ def channel_absmax(x: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
 
 @register_cpu_op("record_channels_cpu", mutates_args=("chan",))
 def record_channels_cpu(chan: torch.Tensor, n_valid: torch.Tensor, row: int, x: torch.Tensor) -> None:
-    """Fold ``x``'s per-channel max |x| over the valid rows into row ``row`` of ``chan`` [C, H]."""
+    """Fold ``x``'s per-channel max |x| over the valid rows into row ``row`` of ``chan`` [C, W]
+    (its first H columns: one buffer width serves a layer's narrower and wider sites)."""
     n = int(n_valid[0])
     if n <= 0:
         return
     x2 = x.reshape(-1, x.shape[-1])[:n]
     if x2.numel():
-        torch.maximum(chan[row], channel_absmax(x2, n_valid).to(chan.dtype), out=chan[row])
+        dst = chan[row, : x2.shape[-1]]
+        torch.maximum(dst, channel_absmax(x2, n_valid).to(chan.dtype), out=dst)
