@@ -19,7 +19,7 @@ from typing import Any
 
 from vllm_maxact.config import MaxActConfig
 from vllm_maxact.export.atomic import write_atomic
-from vllm_maxact.export.runtime import instance_dir
+from vllm_maxact.export.runtime import instance_dir, payload_name
 from vllm_maxact.recorder import Recorder
 from vllm_maxact.stats import WIRE_VERSION, to_wire
 
@@ -158,7 +158,7 @@ class Publisher:
                 return
             p = payload(self.rec, self.vllm_config)
             p["publish_errors"] = self.errors
-            name = f"worker-tp{p['tp_rank']}-pp{p['pp_rank']}-{os.getpid()}.json"
+            name = payload_name(p, os.getpid())
             # The front end created the dir private; never recreate it here (it would not be).
             write_atomic(self.dir / name, json.dumps(p).encode(), mode=0o600)
             self.error = None

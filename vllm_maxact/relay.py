@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 from vllm_maxact.export.atomic import write_atomic
+from vllm_maxact.export.runtime import payload_name
 
 logger = logging.getLogger("vllm_maxact")
 
@@ -122,7 +123,7 @@ class Relay:
                 if not p:
                     continue
                 p = relayed(p, self.errors)
-                name = f"worker-tp{p['tp_rank']}-pp{p['pp_rank']}-{p['pid']}.json"
+                name = payload_name(p, p["pid"])
                 write_atomic(self.dir / name, json.dumps(p).encode(), mode=0o600)
                 self.written[(p["tp_rank"], p["pp_rank"])] = name
             self.error = None

@@ -44,6 +44,11 @@ HANDOFF = "_VLLM_MAXACT_INSTANCE_DIR"  # no VLLM_ prefix: vLLM warns on unknown 
 TOKEN_HANDOFF = "_VLLM_MAXACT_INSTANCE_TOKEN"
 
 PAYLOAD_NAME = re.compile(r"^worker-tp(?P<tp>\d+)-pp(?P<pp>\d+)-(?P<pid>\d+)\.json$")
+
+
+def payload_name(p: dict, pid: int) -> str:
+    """The file a payload is published as (what `PAYLOAD_NAME` matches)."""
+    return f"worker-tp{p.get('tp_rank', 0)}-pp{p.get('pp_rank', 0)}-{pid}.json"
 INSTANCE_NAME = re.compile(r"^(?P<pid>\d+)-(?P<stamp>\d+)$")
 
 #: Shared with the Prometheus collector: payload files skipped as invalid.
@@ -322,7 +327,7 @@ def read_payloads(path: Path | None, *, include_dead: bool = False) -> list[dict
     for p in out:
         if shape(p) != stage_shape[(p["model"], p.get("pp_rank", 0))]:
             invalid += 1
-            f = path / f"worker-tp{p.get('tp_rank', 0)}-pp{p.get('pp_rank', 0)}-{p['pid']}.json"
+            f = path / payload_name(p, p["pid"])
             _reject((str(f), p["time"]), f, "its sites differ from the newest payload of the same stage")
             continue
         kept.append(p)
