@@ -13,8 +13,11 @@ For one model (bundled alias or folder), on the built-in corpus split four ways 
    process: the unquantized model, every checkpoint, and FP8 KV cache with our scales vs with
    none (scale 1);
 5. per site, the INT-8 check's SQNR against the loss its static quantization alone causes (only
-   that site's linear input fake-quantized with the ``max`` threshold, in transformers, float32:
-   120 served engines do not fit a CPU budget), and their rank correlation.
+   that site's linear input fake-quantized with the ``max`` threshold, in transformers, float32,
+   every site), and their rank correlation;
+6. the same served by vLLM (``--served-sites N``: N sites spread evenly over the SQNR ranking,
+   each a checkpoint with ``quantize --only-sites SITE`` served in its own engine, perplexity of
+   the first ``--served-site-samples`` held-out samples against the unquantized model's).
 
     python benchmarks/quant_quality.py --model smollm2-135m --work /tmp/qq  # writes results JSON
 """
@@ -274,6 +277,9 @@ def main() -> None:
     ap.add_argument("--input-zero-point", choices=["auto", "yes", "no"], default="auto",
                     help="auto: yes on CPUs with AMX (vLLM 0.32's CPU int8 kernel ignores static symmetric scales there)")
     ap.add_argument("--skip-sites", action="store_true")
+    ap.add_argument("--served-sites", type=int, default=0, help="only step 6: this many sites, each quantized "
+                    "alone and served (needs a finished steps 1-3), into served-sites.json")
+    ap.add_argument("--served-site-samples", type=int, default=8)
     ap.add_argument("--sites-only", action="store_true", help="only step 5 (per-site losses; no engine: it may run "
                     "next to the engines of another invocation), into sites.json")
     # child mode
@@ -302,6 +308,8 @@ def main() -> None:
     def save():
         res_path.write_text(json.dumps(res, indent=1))
 
+    if args.served_sites:
+        return _served_sites(args, src, work, heldout, log)
     if args.sites_only:
         held = work / "heldout_tokens.json"
         if not held.exists():
@@ -426,6 +434,60 @@ def _sites(args, src, work, held, arrow, res, res_path) -> None:
     res_path.write_text(json.dumps(res, indent=1))
 
 
+def _served_sites(args, src, work: Path, heldout: Path, log: Path) -> None:
+    """Step 6: the loss of quantizing one site alone, served by vLLM, for sites spread over the
+    INT-8 check's SQNR ranking, and the rank correlation."""
+    import shutil
+
+    import numpy as np
+    import pyarrow.feather as feather
+
+    print(f"[6] served per-site losses ({args.served_sites} sites)", flush=True)
+    res = json.loads((work / "results.json").read_text())
+    zp = res["input_zero_point"]
+    arrow = work / "calib.arrow"
+    rows = {r["site"]: r for r in feather.read_table(arrow).to_pylist()
+            if r["window"] == "replay" and r["domain"] is None and r["rank"] is None
+            and r["site"].rsplit(".", 1)[-1] in LINEAR_KINDS}
+    ranked = sorted(rows, key=lambda n: rows[n]["int8_sqnr_db"])
+    picked = [ranked[int(round(i))] for i in np.linspace(0, len(ranked) - 1, args.served_sites)]
+    toks = work / f"heldout{args.served_site_samples}_tokens.json"
+    toks.write_text(json.dumps(token_lists(src, heldout, args.served_site_samples, args.max_tokens)))
+    out_path = work / "served-sites.json"
+    done = json.loads(out_path.read_text()) if out_path.exists() else {}
+    kw = dict(dtype=args.dtype, max_tokens=args.max_tokens)
+    base = served_ppl(src, toks, work / f"ppl-sites-base{args.served_site_samples}.json", log, **kw)
+    fake = json.loads((work / "sites.json").read_text())["sites"]["sites"] if (work / "sites.json").exists() else {}
+    for site in picked:
+        if site in done:
+            continue
+        ckpt = work / f"only-{site}"
+        if not ckpt.exists():
+            cli("quantize", src, str(arrow), "--out", str(ckpt), "--threshold", "max", "--only-sites", site,
+                "--no-kv-cache", *(["--input-zero-point"] if zp else []), log=log)
+        r = served_ppl(ckpt, toks, work / f"ppl-only-{site}.json", log, **kw)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if "error" in r:
+            print(f"  {site}: {r['error']}", flush=True)
+            continue
+        done[site] = {"delta_nll": r["nll"] / r["tokens"] - base["nll"] / base["tokens"],
+                      "sqnr_db": rows[site]["int8_sqnr_db"], "absmax": rows[site]["absmax"],
+                      "fake_quant_delta_nll": fake.get(site, {}).get("delta_nll")}
+        out_path.write_text(json.dumps(done, indent=1))
+    names = sorted(done)
+    d = [done[n]["delta_nll"] for n in names]
+    summary = {"n_sites": len(names), "tokens": base["tokens"],
+               "sqnr_vs_delta_nll": spearman([done[n]["sqnr_db"] for n in names], d),
+               "absmax_vs_delta_nll": spearman([done[n]["absmax"] for n in names], d)}
+    both = [n for n in names if done[n]["fake_quant_delta_nll"] is not None]
+    if len(both) > 2:
+        summary["served_vs_fake_quant"] = spearman([done[n]["delta_nll"] for n in both],
+                                                   [done[n]["fake_quant_delta_nll"] for n in both])
+    res["served_sites"] = summary
+    (work / "results.json").write_text(json.dumps(res, indent=1))
+    print(f"  {summary}", flush=True)
+
+
 ROWS = [
     # Every W8A8 checkpoint carries a kv_cache_scheme with its k / v scales, and vLLM then stores the
     # KV cache in FP8 with them even at kv_cache_dtype "auto" (vllm/model_executor/layers/attention).
@@ -479,6 +541,13 @@ def render(work: Path) -> str:
                   f"vs NLL increase {rc['sqnr_vs_delta_nll']:+.2f}; absmax vs NLL increase "
                   f"{rc['absmax_vs_delta_nll']:+.2f}; per kind (SQNR): "
                   + ", ".join(f"{k} {rc['sqnr_vs_delta_nll_' + k]:+.2f}" for k in LINEAR_KINDS) + "."]
+    served = res.get("served_sites")
+    if served:
+        lines += ["", f"Served by vLLM, {served['n_sites']} sites spread over the SQNR ranking, each quantized alone "
+                  f"(`quantize --only-sites`, {served['tokens']} held-out tokens): Spearman SQNR vs NLL increase "
+                  f"{served['sqnr_vs_delta_nll']:+.2f}, absmax vs NLL increase {served['absmax_vs_delta_nll']:+.2f}"
+                  + (f"; served vs transformers fake-quant losses {served['served_vs_fake_quant']:+.2f}"
+                     if "served_vs_fake_quant" in served else "") + "."]
     return "\n".join(lines)
 
 

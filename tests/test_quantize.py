@@ -122,3 +122,47 @@ def test_dynamic_and_kv_only(tmp_path):
     assert t["model.layers.0.mlp.down_proj.input_zero_point"].item() == 0
     cfg = json.loads((tmp_path / "zp" / "config.json").read_text())["quantization_config"]
     assert cfg["config_groups"]["group_0"]["input_activations"]["symmetric"] is False
+
+
+def test_keep_and_only_sites_leave_those_layers_unquantized(tmp_path):
+    """--keep-sites leaves the matching sites' linears as they were and lists them in the
+    config's ignore (vLLM then serves them unquantized); --only-sites quantizes just those; a
+    pattern that matches nothing is named."""
+    import pyarrow.feather as feather
+    from compressed_tensors.quantization import QuantizationConfig
+
+    src = tiny_llama(tmp_path / "src")
+    arrow = tmp_path / "stats.arrow"
+    feather.write_feather(table(), arrow)
+    before = load_file(str(src / "model.safetensors"))
+    run = CliRunner().invoke
+    r = run(main, ["quantize", str(src), str(arrow), "--out", str(tmp_path / "keep"),
+                   "--keep-sites", "layers.*.down_in, layers.1.attn_in"])
+    assert r.exit_code == 0 and "3 linear-input sites left unquantized" in r.output, r.output
+    t = load_file(str(tmp_path / "keep" / "model.safetensors"))
+    kept = {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj"}
+    for i in range(2):
+        for rel in LINEAR_SITES:
+            name = f"model.layers.{i}.{rel}"
+            if name in kept:
+                assert torch.equal(t[f"{name}.weight"], before[f"{name}.weight"]), name
+                assert f"{name}.input_scale" not in t and f"{name}.weight_scale" not in t, name
+            else:
+                assert t[f"{name}.weight"].dtype == torch.int8 and f"{name}.input_scale" in t, name
+    cfg = QuantizationConfig.model_validate(json.loads((tmp_path / "keep" / "config.json").read_text())
+                                            ["quantization_config"])
+    assert set(cfg.ignore) == {"lm_head", *kept}
+    doc = json.loads((tmp_path / "keep" / SCALES_FILE).read_text())
+    assert doc["unquantized"] == ["layers.0.down_in", "layers.1.attn_in", "layers.1.down_in"]
+    assert "model.layers.1.self_attn.k_scale" in t  # the KV cache is still quantized
+
+    r = run(main, ["quantize", str(src), str(arrow), "--out", str(tmp_path / "one"), "--only-sites", "layers.1.o_in"])
+    assert r.exit_code == 0, r.output
+    t = load_file(str(tmp_path / "one" / "model.safetensors"))
+    assert [k for k in t if k.endswith(".input_scale")] == ["model.layers.1.self_attn.o_proj.input_scale"]
+    assert t["model.layers.1.self_attn.o_proj.input_scale"].item() == pytest.approx(absmax_of("layers.1.o_in") / 127.5)
+
+    r = run(main, ["quantize", str(src), str(arrow), "--out", str(tmp_path / "bad"), "--keep-sites", "layers.9.o_in"])
+    assert r.exit_code == 1 and "'layers.9.o_in' matches no linear-input site" in r.output, r.output
+    assert not (tmp_path / "bad").exists()

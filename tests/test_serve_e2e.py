@@ -202,7 +202,7 @@ def _footprint(server) -> dict[str, float]:
     bytes, and the number of our series on /metrics."""
     import psutil
 
-    from vllm_maxact.export.runtime import discover
+    from vllm_maxact.export.runtime import PAYLOAD_NAME, discover
 
     rss = fds = 0
     for p in _tree(server.proc.pid):
@@ -211,8 +211,12 @@ def _footprint(server) -> dict[str, float]:
             fds += p.num_fds()
     (run,) = discover(server.proc.pid)
     files = [f for f in run.iterdir()]
+    published = [f for f in files if PAYLOAD_NAME.match(f.name)]
     series = [line for line in scrape(server).splitlines() if line.startswith("vllm_maxact_")]
-    return {"rss_mib": rss / 2**20, "fds": fds, "run_files": len(files),
+    # A publish in flight shows its temporary file next to the published one (atomic write);
+    # `in_flight` counts those, `run_files` the published payloads.
+    return {"rss_mib": rss / 2**20, "fds": fds, "run_files": len(published),
+            "in_flight": len(files) - len(published),
             "run_kib": sum(f.stat().st_size for f in files if f.exists()) / 1024, "series": len(series)}
 
 
@@ -277,6 +281,7 @@ def test_soak_memory_files_and_series_stay_flat(server, traffic, tmp_path):
     for s in [*samples, end]:
         assert s["series"] == start["series"], (start, s)
         assert s["run_files"] == start["run_files"], (start, s)
+        assert s["in_flight"] <= s["run_files"], (start, s)  # at most one write per publisher: no leaked temp files
         assert s["run_kib"] <= 1.5 * start["run_kib"] + 16, (start, s)
         assert s["fds"] <= start["fds"] + 16, (start, s)
         assert s["rss_mib"] <= 1.10 * start["rss_mib"] + 64, (start, s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -530,7 +531,6 @@ def scales(arrow_file, fmt, threshold, model_dir, alpha, out) -> None:
     a smoothquant file feeds `vllm-maxact smooth`."""
     import csv
     import io
-    import json
 
     from vllm_maxact.int8 import scales_document
     from vllm_maxact.report import ReportError, load
@@ -627,7 +627,13 @@ def smooth(model_dir, smoothing_file, out_dir) -> None:
 @click.option("--dynamic", is_flag=True,
               help="Activations quantized per token at run time by vLLM instead of static scales (a baseline).")
 @click.option("--kv-only", is_flag=True, help="Keep the weights; add only the FP8 KV-cache scales.")
-def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_point, dynamic, kv_only) -> None:
+@click.option("--keep-sites", default="", metavar="SITES",
+              help="Comma-separated linear-input sites (names or patterns, e.g. 'layers.*.down_in,layers.0.*') "
+              "left unquantized: mixed precision for the sites the INT-8 check flags.")
+@click.option("--only-sites", default="", metavar="SITES",
+              help="Quantize only these linear-input sites (names or patterns); the rest stay as they are.")
+def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_point, dynamic, kv_only, keep_sites,
+             only_sites) -> None:
     """Write a W8A8 INT8 compressed-tensors checkpoint that vLLM serves as is: int8 weights per
     output channel, static per-tensor activation scales from a replay of MODEL_DIR, and FP8
     KV-cache scales.
@@ -642,7 +648,8 @@ def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_poi
 
     try:
         q.build(model_dir, load(arrow_file), out_dir, threshold=threshold, kv_cache=kv_cache,
-                input_zero_point=input_zero_point, dynamic=dynamic, kv_only=kv_only, source=str(arrow_file))
+                input_zero_point=input_zero_point, dynamic=dynamic, kv_only=kv_only, source=str(arrow_file),
+                only=_patterns(only_sites), keep=_patterns(keep_sites))
     except (q.QuantizeError, ReportError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     except SafetensorError as e:
@@ -653,7 +660,13 @@ def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_poi
         click.echo(f"FP8 KV-cache scales ({threshold} thresholds), weights unchanged -> {out_dir}")
         return
     acts = "dynamic per-token activations" if dynamic else f"static {threshold} activation scales"
-    click.echo(f"W8A8 INT8 ({acts}{', FP8 KV-cache scales' if kv_cache else ''}) -> {out_dir}")
+    kept = len(json.loads((out_dir / q.SCALES_FILE).read_text()).get("unquantized", []))
+    note = f", {kept} linear-input sites left unquantized" if kept else ""
+    click.echo(f"W8A8 INT8 ({acts}{', FP8 KV-cache scales' if kv_cache else ''}{note}) -> {out_dir}")
+
+
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

@@ -15,7 +15,10 @@ compressed-tensors``, format ``int-quantized``):
 - per attention layer, FP8 E4M3 ``k_scale`` / ``v_scale`` = threshold / 448 of the keys and
   values the attention writes to its cache, with the config's ``kv_cache_scheme`` (serve with
   ``kv_cache_dtype="fp8"``);
-- embeddings, norms and the LM head unchanged (``ignore: [lm_head]``).
+- embeddings, norms and the LM head unchanged (``ignore: [lm_head]``);
+- optionally, some linear-input sites left unquantized (``keep``: mixed precision for the sites
+  the INT-8 check flags; ``only``: quantize just these, e.g. to measure one site's loss): their
+  layers keep their weights and are listed in the config's ``ignore``.
 
 The quantization config is built with the `compressed_tensors` package's own classes (so it is
 the format vLLM reads, validated by the package), and the scales file the checkpoint was built
@@ -25,6 +28,7 @@ with is written next to it (``maxact-scales.json``), for live monitoring
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -61,7 +65,7 @@ def _args(**kw):
 
 
 def quantization_config(*, kv_cache: bool, input_zero_point: bool = False, dynamic: bool = False,
-                        kv_only: bool = False) -> dict[str, Any]:
+                        kv_only: bool = False, ignore: list[str] = ()) -> dict[str, Any]:
     """The ``quantization_config`` of config.json, built and validated by compressed-tensors.
 
     ``input_zero_point``: describe the static activation scales as asymmetric with a zero point
@@ -82,7 +86,7 @@ def quantization_config(*, kv_cache: bool, input_zero_point: bool = False, dynam
         config_groups=groups,
         format="int-quantized",
         quantization_status=QuantizationStatus.COMPRESSED,
-        ignore=["lm_head"],
+        ignore=["lm_head", *ignore],
         kv_cache_scheme=(_args(num_bits=8, type="float", symmetric=True, strategy="tensor", dynamic=False)
                          if kv_cache else None),
     )
@@ -121,7 +125,32 @@ def thresholds(table, threshold: str) -> dict[str, dict]:
     return scales_document(table, threshold=threshold)
 
 
-def plan(doc: dict, n_layers: int, *, kv_cache: bool, linears: bool = True) -> dict[str, float]:
+def linear_input_sites(n_layers: int) -> list[str]:
+    """Every linear-input site of a decoder of ``n_layers`` layers, layer by layer."""
+    return [Site(kind, i).name for i in range(n_layers) for kind in dict.fromkeys(LINEAR_SITES.values())]
+
+
+def select_sites(n_layers: int, only: list[str] = (), keep: list[str] = ()) -> set[str]:
+    """The linear-input sites to quantize: those matching ``only`` (site names or shell patterns
+    such as ``layers.*.down_in``; empty: every one), less those matching ``keep``. A pattern that
+    matches no linear-input site is a QuantizeError naming it."""
+    every = linear_input_sites(n_layers)
+
+    def matching(patterns) -> set[str]:
+        out: set[str] = set()
+        for pat in patterns:
+            hits = fnmatch.filter(every, pat)
+            if not hits:
+                raise QuantizeError(f"site pattern {pat!r} matches no linear-input site of this model "
+                                    f"({every[0]} ... {every[-1]}; kinds {', '.join(k.value for k in dict.fromkeys(LINEAR_SITES.values()))})")
+            out.update(hits)
+        return out
+
+    return (matching(only) if only else set(every)) - matching(keep)
+
+
+def plan(doc: dict, n_layers: int, *, kv_cache: bool, linears: bool = True,
+         quantized: set[str] | None = None) -> dict[str, float]:
     """Checkpoint tensor suffix (``layers.{i}.self_attn.q_proj.input_scale``, ...) -> value; a
     QuantizeError listing the sites the Arrow file lacks."""
     sites = doc["sites"]
@@ -138,6 +167,8 @@ def plan(doc: dict, n_layers: int, *, kv_cache: bool, linears: bool = True) -> d
 
     for i in range(n_layers):
         for rel, kind in LINEAR_SITES.items() if linears else ():
+            if quantized is not None and Site(kind, i).name not in quantized:
+                continue
             t = chosen(Site(kind, i))
             if t:
                 out[f"layers.{i}.{rel}.input_scale"] = int8_scale(t)
@@ -157,11 +188,12 @@ def plan(doc: dict, n_layers: int, *, kv_cache: bool, linears: bool = True) -> d
 
 def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str = "max", kv_cache: bool = True,
           input_zero_point: bool = False, dynamic: bool = False, kv_only: bool = False,
-          source: str | None = None) -> Path:
+          source: str | None = None, only: list[str] = (), keep: list[str] = ()) -> Path:
     """Write the W8A8 checkpoint of ``model_dir`` with the scales of ``table`` to ``out_dir``
     (refuses a non-empty folder; written in a temporary folder renamed into place). ``dynamic``:
     activations quantized per token at run time instead (``table`` then only sets the KV-cache
-    scales). ``kv_only``: the weights stay as they are; only the FP8 KV-cache scales are added."""
+    scales). ``kv_only``: the weights stay as they are; only the FP8 KV-cache scales are added.
+    ``only`` / ``keep``: site patterns to quantize / to leave unquantized (`select_sites`)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -181,7 +213,12 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
     doc["source"] = source
     if kv_only and not kv_cache:
         raise QuantizeError("--kv-only writes KV-cache scales: it cannot go with --no-kv-cache")
-    values = plan(doc, n_layers, kv_cache=kv_cache, linears=not kv_only)
+    quantized = select_sites(n_layers, only, keep)
+    if not quantized and not kv_only:
+        raise QuantizeError("--only-sites / --keep-sites leave no linear layer to quantize")
+    values = plan(doc, n_layers, kv_cache=kv_cache, linears=not kv_only, quantized=quantized)
+    if only or keep:
+        doc["unquantized"] = [n for n in linear_input_sites(n_layers) if n not in quantized]
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise QuantizeError(f"{model_dir}: no .safetensors weights")
@@ -190,6 +227,7 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
     try:
         done: set[str] = set()
+        ignored: list[str] = []
         for f in files:
             tensors = load_file(str(f))
             out: dict[str, torch.Tensor] = {}
@@ -199,15 +237,19 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
                 if rel in linear and "vision" not in name:
                     prefix = name[: -len(".weight")]
                     suffix = prefix.split("layers.", 1)[-1]
-                    if kv_only:
+                    layer_no, layer_rel = suffix.split(".", 1)
+                    kept = Site(LINEAR_SITES[layer_rel], int(layer_no)).name not in quantized
+                    if kept and not kv_only:
+                        ignored.append(prefix)
+                    if kv_only or kept:
                         out[name] = t
                     else:
                         q, s = quantize_weight(t)
                         out[name], out[f"{prefix}.weight_scale"] = q, s
-                    if not dynamic and not kv_only:
+                    if not dynamic and not kv_only and not kept:
                         out[f"{prefix}.input_scale"] = torch.tensor([values[f"layers.{suffix}.input_scale"]],
                                                                     dtype=torch.float32)
-                    if input_zero_point and not dynamic and not kv_only:
+                    if input_zero_point and not dynamic and not kv_only and not kept:
                         out[f"{prefix}.input_zero_point"] = torch.zeros(1, dtype=torch.int8)
                     done.add(f"layers.{suffix}")
                     if kv_cache and suffix.endswith(".self_attn.k_proj"):
@@ -230,7 +272,8 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
         if len(files) > 1:
             _write_index(tmp)
         config["quantization_config"] = quantization_config(kv_cache=kv_cache, input_zero_point=input_zero_point,
-                                                            dynamic=dynamic, kv_only=kv_only)
+                                                            dynamic=dynamic, kv_only=kv_only,
+                                                            ignore=sorted(ignored))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / SCALES_FILE).write_text(json.dumps(doc, indent=1))
         os.chmod(tmp, 0o755)
