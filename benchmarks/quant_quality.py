@@ -357,6 +357,9 @@ def main() -> None:
         "w8a8-static-p999": (src, arrow, ["--threshold", "p999"]),
         "w8a8-smooth-static-max": (str(smoothed), arrow_s, ["--threshold", "max"]),
         "w8a8-dynamic": (src, arrow, ["--dynamic"]),
+        # mixed precision from the INT-8 check's verdict: sites below 15 dB SQNR stay unquantized
+        "w8a8-static-max-keep-sqnr15": (src, arrow, ["--threshold", "max", "--keep-below-sqnr", "15"]),
+        "w8a8-static-max-keep-down": (src, arrow, ["--threshold", "max", "--keep-sites", "layers.*.down_in"]),
     }
     if zp:
         ckpts["w8a8-static-max-symmetric"] = (src, arrow, ["--threshold", "max"])
@@ -495,6 +498,10 @@ ROWS = [
     ("w8a8-static-max", "W8A8, static per-tensor activation scales, our `max` thresholds"),
     ("w8a8-static-p999", "W8A8, static, our `p999` thresholds"),
     ("w8a8-smooth-static-max", "SmoothQuant (alpha 0.5, our channel maxima) + W8A8 static `max`"),
+    ("w8a8-static-max-keep-sqnr15", "W8A8 static `max`, sites under 15 dB INT-8 check SQNR left unquantized "
+     "(`--keep-below-sqnr 15`)"),
+    ("w8a8-static-max-keep-down", "W8A8 static `max`, every `down_proj` left unquantized (`--keep-sites "
+     "'layers.*.down_in'`)"),
     ("w8a8-dynamic", "W8A8, dynamic per-token activation scales (vLLM's own)"),
     ("llmc-w8a8-static-zp", "llm-compressor 0.14 static W8A8 (its own calibration, same samples)"),
     ("llmc-w8a8-static", "llm-compressor 0.14 static W8A8 as it writes it (symmetric: AMX ignores the scales)"),

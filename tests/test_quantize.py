@@ -166,3 +166,31 @@ def test_keep_and_only_sites_leave_those_layers_unquantized(tmp_path):
     r = run(main, ["quantize", str(src), str(arrow), "--out", str(tmp_path / "bad"), "--keep-sites", "layers.9.o_in"])
     assert r.exit_code == 1 and "'layers.9.o_in' matches no linear-input site" in r.output, r.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_keep_below_sqnr_uses_the_int8_checks_verdict(tmp_path):
+    """--keep-below-sqnr DB leaves exactly the sites whose INT-8 check SQNR is below DB
+    unquantized; without the check's columns it says to replay with --int8-check."""
+    import pyarrow.feather as feather
+
+    src = tiny_llama(tmp_path / "src")
+    t = table()
+    sqnr = [40.0 - a for a in t.column("absmax").to_pylist()]  # wider range, lower SQNR
+    t = t.append_column("int8_sqnr_db", pa.array(sqnr, pa.float64()))  # what replay --int8-check adds
+    arrow = tmp_path / "checked.arrow"
+    feather.write_feather(t, arrow)
+    r = CliRunner().invoke(main, ["quantize", str(src), str(arrow), "--out", str(tmp_path / "q"),
+                                  "--keep-below-sqnr", "18.5"])
+    assert r.exit_code == 0, r.output
+    # layer 1's sites: absmax 20 + kind index, so SQNR 20, 19, 18, 17 (attn_in, o_in, mlp_in, down_in)
+    doc = json.loads((tmp_path / "q" / SCALES_FILE).read_text())
+    assert doc["unquantized"] == ["layers.1.mlp_in", "layers.1.down_in"]
+    w = load_file(str(tmp_path / "q" / "model.safetensors"))
+    assert w["model.layers.1.mlp.up_proj.weight"].dtype != torch.int8
+    assert w["model.layers.1.self_attn.o_proj.weight"].dtype == torch.int8
+
+    plain = tmp_path / "plain.arrow"
+    feather.write_feather(table(), plain)
+    r = CliRunner().invoke(main, ["quantize", str(src), str(plain), "--out", str(tmp_path / "q2"),
+                                  "--keep-below-sqnr", "18.5"])
+    assert r.exit_code == 1 and "replay with --int8-check" in r.output, r.output

@@ -632,8 +632,11 @@ def smooth(model_dir, smoothing_file, out_dir) -> None:
               "left unquantized: mixed precision for the sites the INT-8 check flags.")
 @click.option("--only-sites", default="", metavar="SITES",
               help="Quantize only these linear-input sites (names or patterns); the rest stay as they are.")
+@click.option("--keep-below-sqnr", type=float, default=None, metavar="DB",
+              help="Also leave unquantized every linear-input site whose INT-8 check SQNR is below DB "
+              "(replay --int8-check), e.g. 15.")
 def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_point, dynamic, kv_only, keep_sites,
-             only_sites) -> None:
+             only_sites, keep_below_sqnr) -> None:
     """Write a W8A8 INT8 compressed-tensors checkpoint that vLLM serves as is: int8 weights per
     output channel, static per-tensor activation scales from a replay of MODEL_DIR, and FP8
     KV-cache scales.
@@ -649,7 +652,7 @@ def quantize(model_dir, arrow_file, out_dir, threshold, kv_cache, input_zero_poi
     try:
         q.build(model_dir, load(arrow_file), out_dir, threshold=threshold, kv_cache=kv_cache,
                 input_zero_point=input_zero_point, dynamic=dynamic, kv_only=kv_only, source=str(arrow_file),
-                only=_patterns(only_sites), keep=_patterns(keep_sites))
+                only=_patterns(only_sites), keep=_patterns(keep_sites), keep_below_sqnr=keep_below_sqnr)
     except (q.QuantizeError, ReportError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     except SafetensorError as e:

@@ -149,6 +149,16 @@ def select_sites(n_layers: int, only: list[str] = (), keep: list[str] = ()) -> s
     return (matching(only) if only else set(every)) - matching(keep)
 
 
+def low_sqnr_sites(doc: dict, sites: set[str], below_db: float) -> set[str]:
+    """Those of ``sites`` whose INT-8 check SQNR in the scales document is below ``below_db``."""
+    sqnr = {n: (doc["sites"].get(n) or {}).get("int8_sqnr_db") for n in sites}
+    unknown = sorted(n for n, v in sqnr.items() if v is None)
+    if unknown:
+        raise QuantizeError(f"--keep-below-sqnr needs the INT-8 check's SQNR, which the Arrow file lacks for "
+                            f"{len(unknown)} sites (e.g. {unknown[0]}): replay with --int8-check")
+    return {n for n, v in sqnr.items() if v < below_db}
+
+
 def plan(doc: dict, n_layers: int, *, kv_cache: bool, linears: bool = True,
          quantized: set[str] | None = None) -> dict[str, float]:
     """Checkpoint tensor suffix (``layers.{i}.self_attn.q_proj.input_scale``, ...) -> value; a
@@ -188,12 +198,15 @@ def plan(doc: dict, n_layers: int, *, kv_cache: bool, linears: bool = True,
 
 def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str = "max", kv_cache: bool = True,
           input_zero_point: bool = False, dynamic: bool = False, kv_only: bool = False,
-          source: str | None = None, only: list[str] = (), keep: list[str] = ()) -> Path:
+          source: str | None = None, only: list[str] = (), keep: list[str] = (),
+          keep_below_sqnr: float | None = None) -> Path:
     """Write the W8A8 checkpoint of ``model_dir`` with the scales of ``table`` to ``out_dir``
     (refuses a non-empty folder; written in a temporary folder renamed into place). ``dynamic``:
     activations quantized per token at run time instead (``table`` then only sets the KV-cache
     scales). ``kv_only``: the weights stay as they are; only the FP8 KV-cache scales are added.
-    ``only`` / ``keep``: site patterns to quantize / to leave unquantized (`select_sites`)."""
+    ``only`` / ``keep``: site patterns to quantize / to leave unquantized (`select_sites`).
+    ``keep_below_sqnr``: also leave unquantized every linear-input site whose INT-8 check SQNR
+    (at the chosen threshold) is below this many dB (needs a replay with --int8-check)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -214,10 +227,12 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
     if kv_only and not kv_cache:
         raise QuantizeError("--kv-only writes KV-cache scales: it cannot go with --no-kv-cache")
     quantized = select_sites(n_layers, only, keep)
+    if keep_below_sqnr is not None:
+        quantized -= low_sqnr_sites(doc, quantized, keep_below_sqnr)
     if not quantized and not kv_only:
         raise QuantizeError("--only-sites / --keep-sites leave no linear layer to quantize")
     values = plan(doc, n_layers, kv_cache=kv_cache, linears=not kv_only, quantized=quantized)
-    if only or keep:
+    if only or keep or keep_below_sqnr is not None:
         doc["unquantized"] = [n for n in linear_input_sites(n_layers) if n not in quantized]
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
