@@ -558,8 +558,29 @@ def render(work: Path) -> str:
     return "\n".join(lines)
 
 
+def render_models(works: list[Path]) -> str:
+    """One compact table for several finished runs (a column per model): the README's."""
+    results = [json.loads((w / "results.json").read_text()) for w in works]
+    skip = {"llmc-w8a8-static", "w8a8-static-max-symmetric"}  # the AMX caveat rows: docs only
+    lines = ["| configuration | " + " | ".join(f"{r['model']}" for r in results) + " |",
+             "|---|" + "---|" * len(results)]
+    for key, label in ROWS:
+        if key in skip:
+            continue
+        cells = []
+        for r in results:
+            ppl = r.get("ppl", {})
+            row, base = ppl.get(key if key != "bfloat16" else r["dtype"]), ppl.get(r["dtype"], {}).get("ppl")
+            ok = row and "error" not in row
+            cells.append(f"{row['ppl']:.2f} ({(row['ppl'] / base - 1) * 100:+.1f}%)" if ok and key != "bfloat16"
+                         else f"{row['ppl']:.2f}" if ok else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--render":
-        print(render(Path(sys.argv[2])))
+    if len(sys.argv) >= 3 and sys.argv[1] == "--render":
+        works = [Path(a) for a in sys.argv[2:]]
+        print(render(works[0]) if len(works) == 1 else render_models(works))
         sys.exit()
     main()
