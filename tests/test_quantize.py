@@ -1,7 +1,7 @@
 """`vllm-maxact quantize` (fast: a tiny random Llama, no engine): the checkpoint is
 compressed-tensors W8A8 INT8 with per-channel weights, the static input scale of every linear
 layer comes from the site it reads, the FP8 KV-cache scales from the k / v sites, and the
-config is the package's own format. The engine test (`test_quantize_engine.py`) serves it."""
+config is the package's own format. `test_serve_quantized.py` serves such a checkpoint."""
 
 from __future__ import annotations
 
