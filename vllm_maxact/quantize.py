@@ -230,7 +230,7 @@ def build(model_dir: str | Path, table, out_dir: str | Path, *, threshold: str =
     if keep_below_sqnr is not None:
         quantized -= low_sqnr_sites(doc, quantized, keep_below_sqnr)
     if not quantized and not kv_only:
-        raise QuantizeError("--only-sites / --keep-sites leave no linear layer to quantize")
+        raise QuantizeError("--only-sites / --keep-sites / --keep-below-sqnr leave no linear layer to quantize")
     values = plan(doc, n_layers, kv_cache=kv_cache, linears=not kv_only, quantized=quantized)
     if only or keep or keep_below_sqnr is not None:
         doc["unquantized"] = [n for n in linear_input_sites(n_layers) if n not in quantized]
