@@ -86,6 +86,14 @@ class Prometheus:
         )
         wait_http(self.url + "/-/ready", self.proc, 60, self.log)
 
+    @classmethod
+    def with_alert_rules(cls, workdir: Path, target: str) -> Prometheus:
+        """A server scraping ``target`` with the project's alert rules (grafana/rules.py), their
+        ``for`` durations set to 0 s so an alert fires on its first evaluation."""
+        rules = workdir / "rules.yaml"
+        subprocess.run([sys.executable, "grafana/rules.py", "--for-override", "0s", "--out", str(rules)], check=True)
+        return cls(workdir, target, rules=rules)
+
     def query(self, promql: str) -> list[dict]:
         r = requests.get(self.url + "/api/v1/query", params={"query": promql}, timeout=10)
         r.raise_for_status()

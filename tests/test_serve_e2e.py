@@ -55,10 +55,7 @@ def server(smollm2_dir, tmp_path_factory, smollm2_calibration):
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
-    work = tmp_path_factory.mktemp("prometheus")
-    rules = work / "rules.yaml"
-    subprocess.run(["python3", "grafana/rules.py", "--for-override", "0s", "--out", str(rules)], check=True)
-    prom = Prometheus(work, f"127.0.0.1:{server.port}", rules=rules)
+    prom = Prometheus.with_alert_rules(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{server.port}")
     yield prom
     prom.stop()
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 
 import pyarrow as pa
@@ -91,10 +90,7 @@ def server(quantized, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
-    work = tmp_path_factory.mktemp("prometheus-quantized")
-    rules = work / "rules.yaml"
-    subprocess.run(["python3", "grafana/rules.py", "--for-override", "0s", "--out", str(rules)], check=True)
-    prom = Prometheus(work, f"127.0.0.1:{server.port}", rules=rules)
+    prom = Prometheus.with_alert_rules(tmp_path_factory.mktemp("prometheus-quantized"), f"127.0.0.1:{server.port}")
     yield prom
     prom.stop()
 
