@@ -8,12 +8,10 @@ workers) gets two changes, made when vLLM imports the modules: the CPU platform 
 resource, ``maxact_cpu`` (one per worker; the test cluster's nodes declare it), and vLLM's Ray
 worker reports its rank as its device id (Ray knows no accelerator ids for a custom resource;
 the CPU worker does not use them). Nothing else of vLLM changes; the plugin under test knows
-nothing of this file.
+nothing of this file (it only borrows the package's post-import hook, `importhooks.when_imported`).
 """
 
-import importlib.abc
-import importlib.util
-import sys
+from vllm_maxact.importhooks import when_imported
 
 RESOURCE = "maxact_cpu"
 
@@ -31,29 +29,5 @@ def _ray_executor_v2(mod):
     mod.RayWorkerProc.get_node_and_physical_gpu_ids = get_node_and_physical_gpu_ids
 
 
-_HOOKS = {"vllm.platforms.cpu": _cpu_platform, "vllm.v1.executor.ray_executor_v2": _ray_executor_v2}
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        hook = _HOOKS.get(fullname)
-        if hook is None:
-            return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            sys.meta_path.insert(0, self)
-        if spec is None or spec.loader is None:
-            return None
-        exec_module = spec.loader.exec_module
-
-        def run(module):
-            exec_module(module)
-            hook(module)
-
-        spec.loader.exec_module = run
-        return spec
-
-
-sys.meta_path.insert(0, _Finder())
+when_imported("vllm.platforms.cpu", _cpu_platform)
+when_imported("vllm.v1.executor.ray_executor_v2", _ray_executor_v2)
