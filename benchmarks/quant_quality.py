@@ -124,15 +124,20 @@ def served_ppl(model_dir: str | Path, tokens: Path, out: Path, log: Path, *, dty
 
 # ------------------------------------------------------------------ per-site loss (transformers)
 
+def replay_rows(arrow: Path) -> dict[str, dict]:
+    """Site -> its whole-corpus, rank-merged row of a replay's Arrow file."""
+    from vllm_maxact.report import load, select_view
+
+    return {r["site"]: r for r in select_view(load(arrow), "replay").to_pylist()}
+
+
 def site_losses(model_dir: str, arrow: Path, toks: list[list[int]]) -> dict[str, dict]:
     """Per linear-input site: mean NLL increase when only that site's input is fake-quantized to
     INT-8 per tensor with its calibration max threshold (scale = threshold / 127), float32."""
-    import pyarrow.feather as feather
     import torch
     from transformers import AutoModelForCausalLM
 
-    rows = {r["site"]: r for r in feather.read_table(arrow).to_pylist()
-            if r["window"] == "replay" and r["domain"] is None and r["rank"] is None}
+    rows = replay_rows(arrow)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     names = {"attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o_in": ("self_attn.o_proj",),
              "mlp_in": ("mlp.gate_proj", "mlp.up_proj"), "down_in": ("mlp.down_proj",)}
@@ -443,15 +448,12 @@ def _served_sites(args, src, work: Path, heldout: Path, log: Path) -> None:
     import shutil
 
     import numpy as np
-    import pyarrow.feather as feather
 
     print(f"[6] served per-site losses ({args.served_sites} sites)", flush=True)
     res = json.loads((work / "results.json").read_text())
     zp = res["input_zero_point"]
     arrow = work / "calib.arrow"
-    rows = {r["site"]: r for r in feather.read_table(arrow).to_pylist()
-            if r["window"] == "replay" and r["domain"] is None and r["rank"] is None
-            and r["site"].rsplit(".", 1)[-1] in LINEAR_KINDS}
+    rows = {n: r for n, r in replay_rows(arrow).items() if r["kind"] in LINEAR_KINDS}
     ranked = sorted(rows, key=lambda n: rows[n]["int8_sqnr_db"])
     picked = [ranked[int(round(i))] for i in np.linspace(0, len(ranked) - 1, args.served_sites)]
     toks = work / f"heldout{args.served_site_samples}_tokens.json"
